@@ -1,0 +1,333 @@
+//! Forward execution of a graph on the CPU, and shape inference.
+//!
+//! [`Executor::new`] builds every op once (collecting *all* unsupported
+//! ops into one error), folds the nodes that depend only on constants, and
+//! plans when each intermediate value can be freed. Parallelism lives
+//! inside the ops (rayon, gemm).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::ir::{DType, Dim, InputShape, Model, Node, Tensor};
+use crate::ops::{self, Fact, Op};
+
+/// One planned node.
+#[derive(Debug)]
+struct Step {
+    label: String,
+    op_type: String,
+    op: Box<dyn Op>,
+    inputs: Vec<Option<usize>>,
+    outputs: Vec<usize>,
+    out_names: Vec<String>,
+    /// Slots whose last reader is this step.
+    frees: Vec<usize>,
+}
+
+/// A graph input the executor expects.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Declared shape, when declared.
+    pub shape: Option<Vec<Dim>>,
+    slot: usize,
+}
+
+/// A compiled, reusable plan to run one model.
+#[derive(Debug)]
+pub struct Executor {
+    steps: Vec<Step>,
+    consts: Vec<Option<Arc<Tensor>>>,
+    inputs: Vec<InputSpec>,
+    outputs: Vec<(String, usize)>,
+    n_slots: usize,
+}
+
+/// Builds the ops of every node, or one error listing every unsupported node.
+pub(crate) fn build_ops(model: &Model) -> Result<Vec<Box<dyn Op>>> {
+    let opset = model.opset();
+    let unsupported: Vec<(String, String, String)> = model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| !ops::is_supported(n))
+        .map(|n| (n.label(), n.domain.clone(), n.op_type.clone()))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(Error::UnsupportedOps { nodes: unsupported });
+    }
+    model
+        .graph
+        .nodes
+        .iter()
+        .map(|n| ops::build(n, opset).and_then(|o| o.ok_or_else(|| node_error(n, "not supported".into()))).map_err(|e| wrap(n, e, &[])))
+        .collect()
+}
+
+fn node_error(n: &Node, detail: String) -> Error {
+    Error::op(&n.label(), &n.op_type, detail)
+}
+
+/// Adds the node name (and input shapes) to an error raised inside an op.
+fn wrap(n: &Node, e: Error, shapes: &[String]) -> Error {
+    match e {
+        Error::Usage(msg) => {
+            let detail = if shapes.is_empty() { msg } else { format!("{msg} (inputs: {})", shapes.join(", ")) };
+            node_error(n, detail)
+        }
+        other => other,
+    }
+}
+
+fn describe(t: Option<&Tensor>) -> String {
+    match t {
+        Some(t) => format!("{}{:?}", t.dtype(), t.shape()),
+        None => "-".into(),
+    }
+}
+
+impl Executor {
+    /// Plans `model` for execution.
+    pub fn new(model: &Model) -> Result<Executor> {
+        let g = &model.graph;
+        let ops = build_ops(model)?;
+        let order = g.topo_order()?;
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut consts: Vec<Option<Arc<Tensor>>> = Vec::new();
+        let mut slot = |name: &str, consts: &mut Vec<Option<Arc<Tensor>>>| -> usize {
+            if let Some(&s) = slot_of.get(name) {
+                return s;
+            }
+            consts.push(None);
+            slot_of.insert(name.to_string(), consts.len() - 1);
+            consts.len() - 1
+        };
+        for t in &g.initializers {
+            let s = slot(&t.name, &mut consts);
+            consts[s] = Some(Arc::new(t.to_tensor()?));
+        }
+        let inputs: Vec<InputSpec> = g
+            .real_inputs()
+            .into_iter()
+            .map(|v| {
+                Ok(InputSpec {
+                    name: v.name.clone(),
+                    dtype: v.dtype.ok_or_else(|| Error::Input {
+                        name: v.name.clone(),
+                        detail: "the model declares no element type for this input".into(),
+                    })?,
+                    shape: v.shape.clone(),
+                    slot: slot(&v.name, &mut consts),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut ops: Vec<Option<Box<dyn Op>>> = ops.into_iter().map(Some).collect();
+        let mut steps = Vec::new();
+        for &i in &order {
+            let n = &g.nodes[i];
+            let op = ops[i].take().expect("each node planned once");
+            let ins: Vec<Option<usize>> =
+                n.inputs.iter().map(|s| if s.is_empty() { None } else { Some(slot(s, &mut consts)) }).collect();
+            let outs: Vec<usize> = n.outputs.iter().map(|s| slot(s, &mut consts)).collect();
+            // Fold nodes whose inputs are all constants.
+            let foldable = ins.iter().flatten().all(|&s| consts[s].is_some());
+            if foldable {
+                let args: Vec<Option<&Tensor>> = ins.iter().map(|s| s.map(|s| consts[s].as_deref().unwrap())).collect();
+                let shapes: Vec<String> = args.iter().map(|t| describe(*t)).collect();
+                let res = op.eval(&args).map_err(|e| wrap(n, e, &shapes))?;
+                for (o, t) in outs.iter().zip(res) {
+                    consts[*o] = Some(Arc::new(t));
+                }
+                continue;
+            }
+            steps.push(Step { label: n.label(), op_type: n.op_type.clone(), op, inputs: ins, outputs: outs, out_names: n.outputs.clone(), frees: Vec::new() });
+        }
+        let outputs: Vec<(String, usize)> = g
+            .outputs
+            .iter()
+            .map(|o| {
+                slot_of.get(&o.name).map(|&s| (o.name.clone(), s)).ok_or_else(|| Error::InvalidModel {
+                    path: Default::default(),
+                    detail: format!("graph output '{}' is not produced by any node", o.name),
+                })
+            })
+            .collect::<Result<_>>()?;
+        // Free each computed slot after its last reader, unless it is an output.
+        let n_slots = consts.len();
+        let mut last_use = vec![None; n_slots];
+        for (si, st) in steps.iter().enumerate() {
+            for s in st.inputs.iter().flatten() {
+                last_use[*s] = Some(si);
+            }
+        }
+        for (_, s) in &outputs {
+            last_use[*s] = None;
+        }
+        for (s, lu) in last_use.iter().enumerate() {
+            if let (Some(si), None) = (lu, &consts[s]) {
+                steps[*si].frees.push(s);
+            }
+        }
+        Ok(Executor { steps, consts, inputs, outputs, n_slots })
+    }
+
+    /// The inputs to feed.
+    pub fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+
+    /// Names of the graph outputs, in order.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.outputs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Checks that a fed tensor fits the declared input.
+    fn check_input(spec: &InputSpec, t: &Tensor) -> Result<()> {
+        if t.dtype() != spec.dtype {
+            return Err(Error::Input {
+                name: spec.name.clone(),
+                detail: format!("the model expects {} but the data is {}", spec.dtype, t.dtype()),
+            });
+        }
+        if let Some(dims) = &spec.shape {
+            let fits = dims.len() == t.rank()
+                && dims.iter().zip(t.shape()).all(|(d, &g)| !matches!(d, Dim::Known(k) if *k != g));
+            if !fits {
+                let want: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+                return Err(Error::Input {
+                    name: spec.name.clone(),
+                    detail: format!("the model expects shape [{}] but the data has shape {:?}", want.join(","), t.shape()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the model. Every input must be given by name; outputs come back
+    /// in graph order.
+    pub fn run(&self, feeds: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        self.run_observed(feeds, &mut |_, _| {})
+    }
+
+    /// Runs the model and calls `observe(tensor name, value)` for every
+    /// computed value (for calibration and debugging).
+    pub fn run_observed(
+        &self,
+        feeds: Vec<(String, Tensor)>,
+        observe: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Vec<(String, Tensor)>> {
+        let mut vals: Vec<Option<Arc<Tensor>>> = vec![None; self.n_slots];
+        for (name, t) in feeds {
+            let spec = self.inputs.iter().find(|s| s.name == name).ok_or_else(|| Error::Input {
+                name: name.clone(),
+                detail: format!(
+                    "the model has no input of that name; its inputs are {:?}",
+                    self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+                ),
+            })?;
+            Self::check_input(spec, &t)?;
+            vals[spec.slot] = Some(Arc::new(t));
+        }
+        if let Some(missing) = self.inputs.iter().find(|s| vals[s.slot].is_none()) {
+            return Err(Error::Input { name: missing.name.clone(), detail: "no data given for this input".into() });
+        }
+        for st in &self.steps {
+            let args: Vec<Option<&Tensor>> = st
+                .inputs
+                .iter()
+                .map(|s| s.map(|s| vals[s].as_deref().or(self.consts[s].as_deref())))
+                .map(|o| o.flatten())
+                .collect();
+            let res = st.op.eval(&args).map_err(|e| match e {
+                Error::Usage(msg) => {
+                    let shapes: Vec<String> = args.iter().map(|t| describe(*t)).collect();
+                    Error::op(&st.label, &st.op_type, format!("{msg} (inputs: {})", shapes.join(", ")))
+                }
+                other => other,
+            })?;
+            if res.len() < st.outputs.len() {
+                return Err(Error::op(&st.label, &st.op_type, format!("produced {} outputs, expected {}", res.len(), st.outputs.len())));
+            }
+            for ((o, name), t) in st.outputs.iter().zip(&st.out_names).zip(res) {
+                observe(name, &t);
+                vals[*o] = Some(Arc::new(t));
+            }
+            for s in &st.frees {
+                vals[*s] = None;
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|(name, s)| {
+                let t = vals[*s].clone().or_else(|| self.consts[*s].clone()).ok_or_else(|| Error::InvalidModel {
+                    path: Default::default(),
+                    detail: format!("graph output '{name}' was not computed"),
+                })?;
+                Ok((name.clone(), Arc::try_unwrap(t).unwrap_or_else(|a| (*a).clone())))
+            })
+            .collect()
+    }
+}
+
+/// Shape inference result for one node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// Output facts (values dropped except small ones).
+    pub outputs: Vec<Fact>,
+    /// Multiply-accumulates.
+    pub macs: u64,
+}
+
+/// Facts for every value of a graph at concrete input shapes.
+#[derive(Clone, Debug)]
+pub struct ShapeInfo {
+    /// Per node (graph order).
+    pub nodes: Vec<NodeInfo>,
+    /// Per tensor name.
+    pub facts: HashMap<String, Fact>,
+}
+
+/// Infers the dtype and concrete shape of every value, and the MACs of each
+/// node, for the given input shapes. Fails on unsupported ops (all listed).
+pub fn infer_shapes(model: &Model, inputs: &[InputShape]) -> Result<ShapeInfo> {
+    let g = &model.graph;
+    let ops = build_ops(model)?;
+    let order = g.topo_order()?;
+    let mut facts: HashMap<String, Fact> = HashMap::new();
+    for t in &g.initializers {
+        facts.insert(t.name.clone(), Fact::known(t.to_tensor()?));
+    }
+    for i in inputs {
+        facts.insert(i.name.clone(), Fact::new(i.dtype, i.shape.clone()));
+    }
+    let mut nodes: Vec<Option<NodeInfo>> = vec![None; g.nodes.len()];
+    for &i in &order {
+        let n = &g.nodes[i];
+        let op = &ops[i];
+        let ins: Vec<Option<&Fact>> = n
+            .inputs
+            .iter()
+            .map(|s| if s.is_empty() { Ok(None) } else { facts.get(s).map(Some).ok_or_else(|| node_error(n, format!("input '{s}' has no known shape"))) })
+            .collect::<Result<_>>()?;
+        let shapes: Vec<String> = ins.iter().map(|f| f.map(|f| format!("{}{:?}", f.dtype, f.shape)).unwrap_or("-".into())).collect();
+        let all_const = ins.iter().flatten().all(|f| f.value.is_some());
+        let outs: Vec<Fact> = if all_const {
+            let args: Vec<Option<&Tensor>> = ins.iter().map(|f| f.map(|f| f.value.as_deref().unwrap())).collect();
+            op.eval(&args).map_err(|e| wrap(n, e, &shapes))?.into_iter().map(Fact::known).collect()
+        } else {
+            op.infer(&ins).map_err(|e| wrap(n, e, &shapes))?
+        };
+        let macs = if all_const { 0 } else { op.macs(&ins, &outs) };
+        for (name, f) in n.outputs.iter().zip(&outs) {
+            if !name.is_empty() {
+                facts.insert(name.clone(), f.clone());
+            }
+        }
+        nodes[i] = Some(NodeInfo { outputs: outs, macs });
+    }
+    Ok(ShapeInfo { nodes: nodes.into_iter().map(|n| n.expect("every node inferred")).collect(), facts })
+}

@@ -1,0 +1,17 @@
+//! potatura: prune trained neural networks given as ONNX files.
+//!
+//! Pipeline: [`onnx`] loads a model into the [`ir`]; [`ops`] define each
+//! operator (shape inference, evaluation, MACs); [`exec`] runs a graph on
+//! the CPU; [`report`] measures parameters and MACs.
+
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod error;
+pub mod exec;
+pub mod ir;
+pub mod onnx;
+pub mod ops;
+pub mod report;
+
+pub use error::{Error, Result};

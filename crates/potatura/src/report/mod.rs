@@ -1,0 +1,85 @@
+//! Measurements of a model: parameters and MACs per node and in total.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::exec::infer_shapes;
+use crate::ir::{InputShape, Model};
+
+/// One row of the per-node table.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeRow {
+    /// Node name (or a label when unnamed).
+    pub name: String,
+    /// Op type.
+    pub op: String,
+    /// Shapes of the outputs.
+    pub output_shapes: Vec<Vec<usize>>,
+    /// Parameters read by this node (elements of float constant inputs that
+    /// are initializers or `Constant` outputs; each counted once, at its
+    /// first reader).
+    pub params: u64,
+    /// Multiply-accumulates.
+    pub macs: u64,
+}
+
+/// Totals and the per-node table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Total parameters (elements of float initializers and float `Constant` values).
+    pub params: u64,
+    /// Total multiply-accumulates.
+    pub macs: u64,
+    /// Concrete input shapes used.
+    pub inputs: Vec<(String, Vec<usize>)>,
+    /// Per node, in graph order.
+    pub nodes: Vec<NodeRow>,
+}
+
+/// Counts parameters and MACs at the given input shapes.
+pub fn summarize(model: &Model, inputs: &[InputShape]) -> Result<Summary> {
+    let info = infer_shapes(model, inputs)?;
+    let g = &model.graph;
+    // Float constants: initializers and Constant node values, by name.
+    let mut param_sizes: std::collections::HashMap<&str, u64> = g
+        .initializers
+        .iter()
+        .filter(|t| t.dtype().is_float())
+        .map(|t| (t.name.as_str(), t.numel() as u64))
+        .collect();
+    for n in &g.nodes {
+        if n.op_type == "Constant" {
+            if let (Some(out), Ok(Some(t))) = (n.outputs.first(), n.attr_tensor("value")) {
+                if t.dtype().is_float() && t.numel() > 1 {
+                    param_sizes.insert(out.as_str(), t.numel() as u64);
+                }
+            }
+        }
+    }
+    let total_params: u64 = param_sizes.values().sum();
+    let mut seen = std::collections::HashSet::new();
+    let mut nodes = Vec::with_capacity(g.nodes.len());
+    for (n, ni) in g.nodes.iter().zip(&info.nodes) {
+        let mut params = 0;
+        for i in &n.inputs {
+            if let Some(&p) = param_sizes.get(i.as_str()) {
+                if seen.insert(i.as_str()) {
+                    params += p;
+                }
+            }
+        }
+        nodes.push(NodeRow {
+            name: n.label(),
+            op: n.op_type.clone(),
+            output_shapes: ni.outputs.iter().map(|f| f.shape.clone()).collect(),
+            params,
+            macs: ni.macs,
+        });
+    }
+    Ok(Summary {
+        params: total_params,
+        macs: nodes.iter().map(|r| r.macs).sum(),
+        inputs: inputs.iter().map(|i| (i.name.clone(), i.shape.clone())).collect(),
+        nodes,
+    })
+}
