@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod exec;
 pub mod ir;
 pub mod onnx;

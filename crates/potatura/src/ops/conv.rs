@@ -1,10 +1,1371 @@
-//! (being written)
+//! Convolutions: Conv and ConvTranspose (1-D, 2-D and 3-D, f32 compute).
+//!
+//! Conv runs one of three kernels:
+//! - one input channel per group (depthwise, with any channel multiplier,
+//!   or a single-channel input): a direct loop, parallel over output planes;
+//! - 1x1, stride 1, unpadded: one GEMM per (image, group) on the input as is;
+//! - otherwise im2col per (image, group) followed by a GEMM.
+//!
+//! ConvTranspose is a GEMM (`Wᵀ · X`) followed by col2im.
+//! Work is split over images and groups when there are enough of them,
+//! otherwise inside each GEMM and im2col/col2im.
 
-use super::{op_error, Op};
+use rayon::prelude::*;
+
+use super::common::{fact, input, opt};
+use super::matmul::{sgemm, MatRef};
+use super::{op_error, Fact, Op};
 use crate::error::Result;
-use crate::ir::Node;
+use crate::ir::{DType, Node, Storage, Tensor};
 
-/// Builds the ops of this file.
+/// Multiply-accumulates above which a convolution uses several threads.
+const CONV_PAR_MACS: usize = 1 << 18;
+
+/// How padding is chosen (`auto_pad`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoPad {
+    /// Explicit `pads` (default 0).
+    NotSet,
+    /// Output size `ceil(in / stride)`, extra padding at the end.
+    SameUpper,
+    /// Output size `ceil(in / stride)`, extra padding at the start.
+    SameLower,
+    /// No padding.
+    Valid,
+}
+
+/// Attributes shared by Conv and ConvTranspose, as read from the node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvAttrs {
+    /// Padding mode.
+    pub auto_pad: AutoPad,
+    /// Dilations per spatial axis (default all 1).
+    pub dilations: Option<Vec<usize>>,
+    /// Number of groups.
+    pub group: usize,
+    /// Kernel shape; must agree with the weight when given.
+    pub kernel_shape: Option<Vec<usize>>,
+    /// Pads, all begins then all ends (default 0).
+    pub pads: Option<Vec<usize>>,
+    /// Strides per spatial axis (default all 1).
+    pub strides: Option<Vec<usize>>,
+}
+
+fn positive_list(node: &Node, name: &str) -> Result<Option<Vec<usize>>> {
+    match node.attr_ints(name)? {
+        None => Ok(None),
+        Some(v) => {
+            if let Some(bad) = v.iter().find(|&&x| x < 1) {
+                return Err(op_error(format!("attribute '{name}' must be positive, got {bad} in {v:?}")));
+            }
+            Ok(Some(v.iter().map(|&x| x as usize).collect()))
+        }
+    }
+}
+
+impl ConvAttrs {
+    /// Reads and validates the shared attributes.
+    pub fn from_node(node: &Node) -> Result<ConvAttrs> {
+        let auto_pad = match node.attr_string("auto_pad", "NOTSET")?.as_str() {
+            "NOTSET" | "" => AutoPad::NotSet,
+            "SAME_UPPER" => AutoPad::SameUpper,
+            "SAME_LOWER" => AutoPad::SameLower,
+            "VALID" => AutoPad::Valid,
+            o => return Err(op_error(format!("unknown auto_pad '{o}'"))),
+        };
+        let group = node.attr_int("group", 1)?;
+        if group < 1 {
+            return Err(op_error(format!("attribute 'group' must be >= 1, got {group}")));
+        }
+        let pads = match node.attr_ints("pads")? {
+            None => None,
+            Some(v) => {
+                if let Some(bad) = v.iter().find(|&&x| x < 0) {
+                    return Err(op_error(format!("negative pads are not supported, got {bad} in {v:?}")));
+                }
+                Some(v.iter().map(|&x| x as usize).collect())
+            }
+        };
+        if pads.is_some() && auto_pad != AutoPad::NotSet {
+            return Err(op_error("attribute 'pads' cannot be used together with auto_pad"));
+        }
+        Ok(ConvAttrs {
+            auto_pad,
+            dilations: positive_list(node, "dilations")?,
+            group: group as usize,
+            kernel_shape: positive_list(node, "kernel_shape")?,
+            pads,
+            strides: positive_list(node, "strides")?,
+        })
+    }
+
+    /// A per-axis attribute of length `rank`, or all ones.
+    fn per_axis(v: &Option<Vec<usize>>, name: &str, rank: usize) -> Result<Vec<usize>> {
+        match v {
+            None => Ok(vec![1; rank]),
+            Some(v) if v.len() == rank => Ok(v.clone()),
+            Some(v) => Err(op_error(format!("attribute '{name}' has {} values, expected {rank}", v.len()))),
+        }
+    }
+
+    /// Explicit pads (begins, ends) of length `rank` each.
+    fn explicit_pads(&self, rank: usize) -> Result<(Vec<usize>, Vec<usize>)> {
+        match &self.pads {
+            None => Ok((vec![0; rank], vec![0; rank])),
+            Some(p) if p.len() == 2 * rank => Ok((p[..rank].to_vec(), p[rank..].to_vec())),
+            Some(p) => Err(op_error(format!("attribute 'pads' has {} values, expected {}", p.len(), 2 * rank))),
+        }
+    }
+
+    /// Common checks: ranks, kernel agreement. Returns (spatial rank, kernel,
+    /// strides, dilations).
+    #[allow(clippy::type_complexity)]
+    fn resolve_common(&self, x: &[usize], w: &[usize]) -> Result<(usize, Vec<usize>, Vec<usize>, Vec<usize>)> {
+        if x.len() < 3 || x.len() > 5 {
+            return Err(op_error(format!(
+                "input must have rank 3, 4 or 5 ([N, C, spatial...], 1-D to 3-D), got shape {x:?}"
+            )));
+        }
+        if w.len() != x.len() {
+            return Err(op_error(format!("weight rank {} differs from input rank {}", w.len(), x.len())));
+        }
+        let rank = x.len() - 2;
+        let kernel = w[2..].to_vec();
+        if kernel.contains(&0) {
+            return Err(op_error(format!("weight has an empty kernel: shape {w:?}")));
+        }
+        if let Some(ks) = &self.kernel_shape {
+            if ks != &kernel {
+                return Err(op_error(format!("kernel_shape {ks:?} disagrees with the weight's kernel {kernel:?}")));
+            }
+        }
+        let strides = Self::per_axis(&self.strides, "strides", rank)?;
+        let dilations = Self::per_axis(&self.dilations, "dilations", rank)?;
+        Ok((rank, kernel, strides, dilations))
+    }
+}
+
+/// A convolution's geometry, resolved for concrete input and weight shapes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvGeom {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Groups.
+    pub group: usize,
+    /// Input spatial size.
+    pub in_sp: Vec<usize>,
+    /// Output spatial size.
+    pub out_sp: Vec<usize>,
+    /// Kernel spatial size.
+    pub kernel: Vec<usize>,
+    /// Strides.
+    pub strides: Vec<usize>,
+    /// Dilations.
+    pub dilations: Vec<usize>,
+    /// Padding before each spatial axis.
+    pub pads_begin: Vec<usize>,
+    /// Padding after each spatial axis.
+    pub pads_end: Vec<usize>,
+}
+
+/// Pads `v` on the left with `fill` up to 3 axes.
+fn to3(v: &[usize], fill: usize) -> [usize; 3] {
+    let mut o = [fill; 3];
+    o[3 - v.len()..].copy_from_slice(v);
+    o
+}
+
+/// The geometry in three spatial axes (missing leading axes of size 1).
+#[derive(Clone, Copy, Debug)]
+struct G3 {
+    i: [usize; 3],
+    o: [usize; 3],
+    k: [usize; 3],
+    s: [usize; 3],
+    d: [usize; 3],
+    p: [usize; 3],
+}
+
+impl G3 {
+    fn in_len(&self) -> usize {
+        self.i.iter().product()
+    }
+    fn out_len(&self) -> usize {
+        self.o.iter().product()
+    }
+    fn k_len(&self) -> usize {
+        self.k.iter().product()
+    }
+    /// Offset into the input of output index 0 for kernel tap `k` on axis `a`.
+    fn off(&self, a: usize, k: usize) -> isize {
+        (k * self.d[a]) as isize - self.p[a] as isize
+    }
+    /// The range of output indices `o` on axis `a` whose input index
+    /// `o * s + off` falls inside `[0, i)`.
+    fn valid(&self, a: usize, off: isize) -> (usize, usize) {
+        valid_range(self.o[a], self.i[a], self.s[a], off)
+    }
+}
+
+/// Output indices `o < n_out` with `0 <= o * s + off < n_in`, as a range.
+fn valid_range(n_out: usize, n_in: usize, s: usize, off: isize) -> (usize, usize) {
+    let s = s as isize;
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let last = n_in as isize - 1 - off;
+    let hi = if last < 0 { 0 } else { (last / s + 1).min(n_out as isize) };
+    let lo = lo.min(hi).max(0);
+    (lo as usize, hi as usize)
+}
+
+impl ConvGeom {
+    fn g3(&self) -> G3 {
+        G3 {
+            i: to3(&self.in_sp, 1),
+            o: to3(&self.out_sp, 1),
+            k: to3(&self.kernel, 1),
+            s: to3(&self.strides, 1),
+            d: to3(&self.dilations, 1),
+            p: to3(&self.pads_begin, 0),
+        }
+    }
+    /// Input spatial elements per channel.
+    pub fn in_len(&self) -> usize {
+        self.in_sp.iter().product()
+    }
+    /// Output spatial elements per channel.
+    pub fn out_len(&self) -> usize {
+        self.out_sp.iter().product()
+    }
+    /// Kernel taps.
+    pub fn k_len(&self) -> usize {
+        self.kernel.iter().product()
+    }
+    /// True for a 1x1, stride-1, unpadded convolution.
+    pub fn is_pointwise(&self) -> bool {
+        self.k_len() == 1
+            && self.strides.iter().all(|&s| s == 1)
+            && self.pads_begin.iter().chain(&self.pads_end).all(|&p| p == 0)
+    }
+}
+
+fn checked_prod(v: &[usize]) -> Result<usize> {
+    v.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| op_error(format!("size {v:?} is too large")))
+}
+
+/// Effective kernel extent `(k - 1) * d + 1`.
+fn extent(k: usize, d: usize) -> Result<usize> {
+    (k - 1).checked_mul(d).and_then(|e| e.checked_add(1)).ok_or_else(|| op_error("dilated kernel is too large"))
+}
+
+/// Checks the element type of the data inputs (float only).
+fn check_float(what: &str, dt: DType) -> Result<()> {
+    if dt.storage() != Storage::Float {
+        return Err(op_error(format!("{what} must be a float tensor, got {dt}")));
+    }
+    Ok(())
+}
+
+fn check_bias(b: Option<&[usize]>, c_out: usize) -> Result<()> {
+    match b {
+        Some(s) if s != [c_out] => Err(op_error(format!("bias must have shape [{c_out}], got {s:?}"))),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Conv
+
+/// `Conv`.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    /// Attributes.
+    pub attrs: ConvAttrs,
+}
+
+impl Conv {
+    /// Resolves the geometry for an input of shape `x` and a weight of
+    /// shape `w` (`[C_out, C_in / group, k...]`).
+    pub fn geometry(&self, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
+        let a = &self.attrs;
+        let (rank, kernel, strides, dilations) = a.resolve_common(x, w)?;
+        let (n, c_in, c_out, group) = (x[0], x[1], w[0], a.group);
+        if w[1].checked_mul(group) != Some(c_in) {
+            return Err(op_error(format!(
+                "input has {c_in} channels but the weight expects {} x group {group}",
+                w[1]
+            )));
+        }
+        if c_out % group != 0 {
+            return Err(op_error(format!("{c_out} output channels are not divisible by group {group}")));
+        }
+        let (mut pb, mut pe) = a.explicit_pads(rank)?;
+        let mut out = vec![0; rank];
+        for i in 0..rank {
+            let (inp, s) = (x[2 + i], strides[i]);
+            let ek = extent(kernel[i], dilations[i])?;
+            match a.auto_pad {
+                AutoPad::SameUpper | AutoPad::SameLower => {
+                    out[i] = inp.div_ceil(s);
+                    let total = if out[i] == 0 { 0 } else { ((out[i] - 1) * s + ek).saturating_sub(inp) };
+                    pb[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                    pe[i] = total - pb[i];
+                }
+                AutoPad::Valid | AutoPad::NotSet => {
+                    let padded = inp
+                        .checked_add(pb[i])
+                        .and_then(|v| v.checked_add(pe[i]))
+                        .ok_or_else(|| op_error("padded size is too large"))?;
+                    if padded < ek {
+                        return Err(op_error(format!(
+                            "spatial axis {i}: padded input size {padded} is smaller than the dilated kernel {ek}"
+                        )));
+                    }
+                    out[i] = (padded - ek) / s + 1;
+                }
+            }
+        }
+        let mut full = vec![n, c_out];
+        full.extend(&out);
+        checked_prod(&full)?;
+        Ok(ConvGeom {
+            n,
+            c_in,
+            c_out,
+            group,
+            in_sp: x[2..].to_vec(),
+            out_sp: out,
+            kernel,
+            strides,
+            dilations,
+            pads_begin: pb,
+            pads_end: pe,
+        })
+    }
+}
+
+/// Runs `f(item, out_chunk, scratch, parallel_inside)` for each of `items`
+/// consecutive chunks of `out`, either in parallel over items (each with its
+/// own scratch buffer) or one after another with parallelism inside.
+fn for_items(
+    out: &mut [f32],
+    items: usize,
+    per_item_macs: usize,
+    scratch_len: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32], bool) + Sync,
+) {
+    if items == 0 || out.is_empty() {
+        return;
+    }
+    let chunk = out.len() / items;
+    let total = items.saturating_mul(per_item_macs);
+    let threads = rayon::current_num_threads();
+    let big = total >= CONV_PAR_MACS && threads > 1;
+    let over_items = big && items >= threads && (per_item_macs < (1 << 22) || items >= 4 * threads);
+    if over_items {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(|| vec![0.0f32; scratch_len], |s, (i, o)| f(i, o, s, false));
+    } else {
+        let mut s = vec![0.0f32; scratch_len];
+        for (i, o) in out.chunks_mut(chunk).enumerate() {
+            f(i, o, &mut s, big);
+        }
+    }
+}
+
+/// Fills each channel plane of `out` (`[N, C, len]`) with its bias.
+fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, c: usize, len: usize) {
+    if let Some(b) = bias {
+        if len == 0 {
+            return;
+        }
+        for (i, plane) in out.chunks_mut(len).enumerate() {
+            plane.fill(b[i % c]);
+        }
+    }
+}
+
+/// im2col of one group: `x` holds `cg` channels of `g.in_len()` values;
+/// `col` receives `cg * k_len` rows of `g.out_len()` values.
+fn im2col(x: &[f32], cg: usize, g: &G3, col: &mut [f32], par: bool) {
+    let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
+    let [_, ih, iw] = g.i;
+    let [od, oh, ow] = g.o;
+    let plane = oh * ow;
+    let ranges: Vec<(isize, usize, usize)> = (0..g.k[2])
+        .map(|kw| {
+            let off = g.off(2, kw);
+            let (lo, hi) = g.valid(2, off);
+            (off, lo, hi)
+        })
+        .collect();
+    let one = |(c, cc): (usize, &mut [f32])| {
+        let xc = &x[c * pin..(c + 1) * pin];
+        for kd in 0..g.k[0] {
+            let offd = g.off(0, kd);
+            for kh in 0..g.k[1] {
+                let offh = g.off(1, kh);
+                for (kw, &(offw, lo, hi)) in ranges.iter().enumerate() {
+                    let row = &mut cc[((kd * g.k[1] + kh) * g.k[2] + kw) * p..][..p];
+                    for z in 0..od {
+                        let zi = (z * g.s[0]) as isize + offd;
+                        let dst_plane = &mut row[z * plane..(z + 1) * plane];
+                        if zi < 0 || zi >= g.i[0] as isize {
+                            dst_plane.fill(0.0);
+                            continue;
+                        }
+                        let src_plane = &xc[zi as usize * ih * iw..][..ih * iw];
+                        for y in 0..oh {
+                            let yi = (y * g.s[1]) as isize + offh;
+                            let dst = &mut dst_plane[y * ow..(y + 1) * ow];
+                            if yi < 0 || yi >= ih as isize {
+                                dst.fill(0.0);
+                                continue;
+                            }
+                            let src = &src_plane[yi as usize * iw..][..iw];
+                            dst[..lo].fill(0.0);
+                            dst[hi..].fill(0.0);
+                            if lo < hi {
+                                let start = (lo as isize * g.s[2] as isize + offw) as usize;
+                                if g.s[2] == 1 {
+                                    dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                                } else {
+                                    for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                                        *d = src[start + j * g.s[2]];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let col = &mut col[..cg * ks * p];
+    if par && cg > 1 {
+        col.par_chunks_mut(ks * p).enumerate().for_each(one);
+    } else {
+        col.chunks_mut(ks * p).enumerate().for_each(one);
+    }
+}
+
+/// Direct convolution of one input plane with one filter (one input
+/// channel per group), accumulated into `out` (one output plane).
+fn direct_plane(x: &[f32], w: &[f32], g: &G3, ranges: &[(isize, usize, usize)], out: &mut [f32]) {
+    let [_, ih, iw] = g.i;
+    let [od, oh, ow] = g.o;
+    for z in 0..od {
+        for y in 0..oh {
+            let orow = &mut out[(z * oh + y) * ow..][..ow];
+            for kd in 0..g.k[0] {
+                let zi = (z * g.s[0]) as isize + g.off(0, kd);
+                if zi < 0 || zi >= g.i[0] as isize {
+                    continue;
+                }
+                for kh in 0..g.k[1] {
+                    let yi = (y * g.s[1]) as isize + g.off(1, kh);
+                    if yi < 0 || yi >= ih as isize {
+                        continue;
+                    }
+                    let src = &x[(zi as usize * ih + yi as usize) * iw..][..iw];
+                    let wrow = &w[(kd * g.k[1] + kh) * g.k[2]..][..g.k[2]];
+                    for (&wv, &(off, lo, hi)) in wrow.iter().zip(ranges) {
+                        if lo >= hi {
+                            continue;
+                        }
+                        let start = (lo as isize * g.s[2] as isize + off) as usize;
+                        if g.s[2] == 1 {
+                            for (o, &s) in orow[lo..hi].iter_mut().zip(&src[start..start + (hi - lo)]) {
+                                *o += wv * s;
+                            }
+                        } else {
+                            for (j, o) in orow[lo..hi].iter_mut().enumerate() {
+                                *o += wv * src[start + j * g.s[2]];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward convolution (f32). `x` is `[N, C_in, in_sp...]`, `w` is
+/// `[C_out, C_in / group, kernel...]`, `bias` is `[C_out]`; returns
+/// `[N, C_out, out_sp...]` values. Shapes must agree with `geom` (from
+/// [`Conv::geometry`]).
+pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom) -> Vec<f32> {
+    let g = geom.g3();
+    let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
+    let cg = geom.c_in / geom.group;
+    let mg = geom.c_out / geom.group;
+    let kk = cg * ks;
+    let mut out = vec![0.0f32; geom.n * geom.c_out * p];
+    if out.is_empty() {
+        return out;
+    }
+    fill_bias(&mut out, bias, geom.c_out, p);
+    let accumulate = bias.is_some();
+    if cg == 0 {
+        return out;
+    }
+    if cg == 1 {
+        // One input channel per group: direct loops over output planes.
+        let ranges: Vec<(isize, usize, usize)> = (0..g.k[2])
+            .map(|kw| {
+                let off = g.off(2, kw);
+                let (lo, hi) = g.valid(2, off);
+                (off, lo, hi)
+            })
+            .collect();
+        let plane = |(q, o): (usize, &mut [f32])| {
+            let (img, oc) = (q / geom.c_out, q % geom.c_out);
+            let ic = oc / mg;
+            let xs = &x[(img * geom.c_in + ic) * pin..][..pin];
+            direct_plane(xs, &w[oc * ks..(oc + 1) * ks], &g, &ranges, o);
+        };
+        if out.len().saturating_mul(ks) >= CONV_PAR_MACS {
+            out.par_chunks_mut(p).enumerate().for_each(plane);
+        } else {
+            out.chunks_mut(p).enumerate().for_each(plane);
+        }
+        return out;
+    }
+    let pointwise = geom.is_pointwise();
+    let scratch = if pointwise { 0 } else { kk * p };
+    let items = geom.n * geom.group;
+    for_items(&mut out, items, mg * kk * p, scratch, |item, o, col, par| {
+        let (img, grp) = (item / geom.group, item % geom.group);
+        let xg = &x[(img * geom.c_in + grp * cg) * pin..][..cg * pin];
+        let wg = &w[grp * mg * kk..][..mg * kk];
+        let rhs = if pointwise {
+            xg
+        } else {
+            im2col(xg, cg, &g, col, par);
+            &col[..kk * p]
+        };
+        sgemm(mg, p, kk, 1.0, MatRef::row_major(wg, kk), MatRef::row_major(rhs, p), accumulate, o, p, par);
+    });
+    out
+}
+
+fn conv_macs(geom: &ConvGeom) -> u64 {
+    let cg = geom.c_in / geom.group.max(1);
+    [geom.n, geom.c_out, geom.out_len(), cg, geom.k_len()].iter().fold(1u64, |a, &x| a.saturating_mul(x as u64))
+}
+
+impl Op for Conv {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (x, w) = (fact(inputs, 0)?, fact(inputs, 1)?);
+        check_float("input X", x.dtype)?;
+        if w.dtype != x.dtype {
+            return Err(op_error(format!("weight type {} differs from input type {}", w.dtype, x.dtype)));
+        }
+        let geom = self.geometry(&x.shape, &w.shape)?;
+        check_bias(opt(inputs, 2).map(|b| b.shape.as_slice()), geom.c_out)?;
+        let mut shape = vec![geom.n, geom.c_out];
+        shape.extend(&geom.out_sp);
+        Ok(vec![Fact::new(x.dtype, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let (x, w) = (input(inputs, 0)?, input(inputs, 1)?);
+        check_float("input X", x.dtype())?;
+        let geom = self.geometry(x.shape(), w.shape())?;
+        let b = opt(inputs, 2);
+        check_bias(b.map(|b| b.shape()), geom.c_out)?;
+        let bias = b.map(|b| b.f32s()).transpose()?;
+        let out = conv_forward(x.f32s()?, w.f32s()?, bias, &geom);
+        let mut shape = vec![geom.n, geom.c_out];
+        shape.extend(&geom.out_sp);
+        Ok(vec![Tensor::from_float(x.dtype(), shape, out)])
+    }
+
+    fn macs(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> u64 {
+        match (opt(inputs, 0), opt(inputs, 1)) {
+            (Some(x), Some(w)) => self.geometry(&x.shape, &w.shape).map(|g| conv_macs(&g)).unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ConvTranspose
+
+/// `ConvTranspose`.
+#[derive(Clone, Debug)]
+pub struct ConvTranspose {
+    /// Attributes shared with Conv.
+    pub attrs: ConvAttrs,
+    /// Extra size added at the end of each output axis.
+    pub output_padding: Option<Vec<usize>>,
+    /// Explicit output spatial shape (pads are then derived).
+    pub output_shape: Option<Vec<usize>>,
+}
+
+impl ConvTranspose {
+    /// Resolves the geometry for an input of shape `x` and a weight of
+    /// shape `w` (`[C_in, C_out / group, k...]`). In the result, `in_sp` is
+    /// the input's spatial size and `out_sp` the output's, as for Conv.
+    pub fn geometry(&self, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
+        let a = &self.attrs;
+        let (rank, kernel, strides, dilations) = a.resolve_common(x, w)?;
+        let (n, c_in, group) = (x[0], x[1], a.group);
+        if w[0] != c_in {
+            return Err(op_error(format!("input has {c_in} channels but the weight has {}", w[0])));
+        }
+        if c_in % group != 0 {
+            return Err(op_error(format!("{c_in} input channels are not divisible by group {group}")));
+        }
+        let c_out = w[1].checked_mul(group).ok_or_else(|| op_error("too many output channels"))?;
+        let op = match &self.output_padding {
+            None => vec![0; rank],
+            Some(v) if v.len() == rank => v.clone(),
+            Some(v) => {
+                return Err(op_error(format!("attribute 'output_padding' has {} values, expected {rank}", v.len())))
+            }
+        };
+        if let Some(os) = &self.output_shape {
+            if os.len() != rank {
+                return Err(op_error(format!("attribute 'output_shape' has {} values, expected {rank}", os.len())));
+            }
+        }
+        let (mut pb, mut pe) = a.explicit_pads(rank)?;
+        let mut out = vec![0; rank];
+        for i in 0..rank {
+            let (inp, s) = (x[2 + i], strides[i]);
+            if inp == 0 {
+                return Err(op_error(format!("spatial axis {i} of the input is empty")));
+            }
+            if op[i] >= s {
+                return Err(op_error(format!(
+                    "output_padding {} must be smaller than the stride {s} on spatial axis {i}",
+                    op[i]
+                )));
+            }
+            let ek = extent(kernel[i], dilations[i])?;
+            let full = (inp - 1)
+                .checked_mul(s)
+                .and_then(|v| v.checked_add(op[i]))
+                .and_then(|v| v.checked_add(ek))
+                .ok_or_else(|| op_error("output size is too large"))?;
+            if let Some(os) = &self.output_shape {
+                let target = os[i];
+                if target > full {
+                    return Err(op_error(format!(
+                        "output_shape {target} on spatial axis {i} exceeds the largest possible size {full}"
+                    )));
+                }
+                let total = full - target;
+                pb[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                pe[i] = total - pb[i];
+                out[i] = target;
+            } else {
+                match a.auto_pad {
+                    AutoPad::SameUpper | AutoPad::SameLower => {
+                        let total = full.saturating_sub(inp.saturating_mul(s));
+                        pb[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                        pe[i] = total - pb[i];
+                    }
+                    AutoPad::Valid => {
+                        pb[i] = 0;
+                        pe[i] = 0;
+                    }
+                    AutoPad::NotSet => {}
+                }
+                let pads = pb[i].saturating_add(pe[i]);
+                if pads >= full {
+                    return Err(op_error(format!(
+                        "spatial axis {i}: pads {} + {} leave no output (full size {full})",
+                        pb[i], pe[i]
+                    )));
+                }
+                out[i] = full - pads;
+            }
+        }
+        let mut shape = vec![n, c_out];
+        shape.extend(&out);
+        checked_prod(&shape)?;
+        Ok(ConvGeom {
+            n,
+            c_in,
+            c_out,
+            group,
+            in_sp: x[2..].to_vec(),
+            out_sp: out,
+            kernel,
+            strides,
+            dilations,
+            pads_begin: pb,
+            pads_end: pe,
+        })
+    }
+}
+
+/// col2im of one output channel: adds `col` (`k_len` rows of `in_len`
+/// values) into the output plane `out`, where `g` is the geometry of the
+/// equivalent forward convolution (output → input).
+fn col2im_plane(col: &[f32], g: &G3, ranges: &[(isize, usize, usize)], out: &mut [f32]) {
+    // Here `g.o` is the transposed conv's input size (the forward conv's
+    // output) and `g.i` its output size.
+    let [_, oh, ow] = g.i;
+    let [id, ih, iw] = g.o;
+    let pin = id * ih * iw;
+    for kd in 0..g.k[0] {
+        for kh in 0..g.k[1] {
+            for (kw, &(off, lo, hi)) in ranges.iter().enumerate() {
+                if lo >= hi {
+                    continue;
+                }
+                let row = &col[((kd * g.k[1] + kh) * g.k[2] + kw) * pin..][..pin];
+                for z in 0..id {
+                    let zo = (z * g.s[0]) as isize + g.off(0, kd);
+                    if zo < 0 || zo >= g.i[0] as isize {
+                        continue;
+                    }
+                    for y in 0..ih {
+                        let yo = (y * g.s[1]) as isize + g.off(1, kh);
+                        if yo < 0 || yo >= oh as isize {
+                            continue;
+                        }
+                        let src = &row[(z * ih + y) * iw..][..iw];
+                        let dst = &mut out[(zo as usize * oh + yo as usize) * ow..][..ow];
+                        let start = (lo as isize * g.s[2] as isize + off) as usize;
+                        if g.s[2] == 1 {
+                            for (d, &s) in dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                                *d += s;
+                            }
+                        } else {
+                            for (j, &s) in src[lo..hi].iter().enumerate() {
+                                dst[start + j * g.s[2]] += s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Transposed convolution (f32). `x` is `[N, C_in, in_sp...]`, `w` is
+/// `[C_in, C_out / group, kernel...]`, `bias` is `[C_out]`; returns
+/// `[N, C_out, out_sp...]` values. Shapes must agree with `geom` (from
+/// [`ConvTranspose::geometry`]).
+pub fn conv_transpose_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom) -> Vec<f32> {
+    // The forward conv that this transposes maps the output to the input:
+    // swap the spatial sizes so `G3::valid` gives input ranges.
+    let g = G3 {
+        i: to3(&geom.out_sp, 1),
+        o: to3(&geom.in_sp, 1),
+        k: to3(&geom.kernel, 1),
+        s: to3(&geom.strides, 1),
+        d: to3(&geom.dilations, 1),
+        p: to3(&geom.pads_begin, 0),
+    };
+    let (pin, p, ks) = (geom.in_len(), geom.out_len(), geom.k_len());
+    let cig = geom.c_in / geom.group;
+    let cog = geom.c_out / geom.group;
+    let rows = cog * ks;
+    let mut out = vec![0.0f32; geom.n * geom.c_out * p];
+    if out.is_empty() {
+        return out;
+    }
+    fill_bias(&mut out, bias, geom.c_out, p);
+    if cig == 0 {
+        return out;
+    }
+    let ranges: Vec<(isize, usize, usize)> = (0..g.k[2])
+        .map(|kw| {
+            let off = g.off(2, kw);
+            let (lo, hi) = g.valid(2, off);
+            (off, lo, hi)
+        })
+        .collect();
+    let items = geom.n * geom.group;
+    for_items(&mut out, items, rows * cig * pin, rows * pin, |item, o, col, par| {
+        let (img, grp) = (item / geom.group, item % geom.group);
+        let xg = &x[(img * geom.c_in + grp * cig) * pin..][..cig * pin];
+        let wg = &w[grp * cig * rows..][..cig * rows];
+        let col = &mut col[..rows * pin];
+        // col[rows x pin] = W_gᵀ [rows x cig] · X_g [cig x pin]
+        sgemm(rows, pin, cig, 1.0, MatRef::transposed(wg, rows), MatRef::row_major(xg, pin), false, col, pin, par);
+        let one = |(oc, plane): (usize, &mut [f32])| col2im_plane(&col[oc * ks * pin..][..ks * pin], &g, &ranges, plane);
+        if par {
+            o.par_chunks_mut(p).enumerate().for_each(one);
+        } else {
+            o.chunks_mut(p).enumerate().for_each(one);
+        }
+    });
+    out
+}
+
+fn conv_transpose_macs(geom: &ConvGeom) -> u64 {
+    let cog = geom.c_out / geom.group.max(1);
+    [geom.n, geom.c_in, geom.in_len(), cog, geom.k_len()].iter().fold(1u64, |a, &x| a.saturating_mul(x as u64))
+}
+
+impl Op for ConvTranspose {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (x, w) = (fact(inputs, 0)?, fact(inputs, 1)?);
+        check_float("input X", x.dtype)?;
+        if w.dtype != x.dtype {
+            return Err(op_error(format!("weight type {} differs from input type {}", w.dtype, x.dtype)));
+        }
+        let geom = self.geometry(&x.shape, &w.shape)?;
+        check_bias(opt(inputs, 2).map(|b| b.shape.as_slice()), geom.c_out)?;
+        let mut shape = vec![geom.n, geom.c_out];
+        shape.extend(&geom.out_sp);
+        Ok(vec![Fact::new(x.dtype, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let (x, w) = (input(inputs, 0)?, input(inputs, 1)?);
+        check_float("input X", x.dtype())?;
+        let geom = self.geometry(x.shape(), w.shape())?;
+        let b = opt(inputs, 2);
+        check_bias(b.map(|b| b.shape()), geom.c_out)?;
+        let bias = b.map(|b| b.f32s()).transpose()?;
+        let out = conv_transpose_forward(x.f32s()?, w.f32s()?, bias, &geom);
+        let mut shape = vec![geom.n, geom.c_out];
+        shape.extend(&geom.out_sp);
+        Ok(vec![Tensor::from_float(x.dtype(), shape, out)])
+    }
+
+    fn macs(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> u64 {
+        match (opt(inputs, 0), opt(inputs, 1)) {
+            (Some(x), Some(w)) => self.geometry(&x.shape, &w.shape).map(|g| conv_transpose_macs(&g)).unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+/// Builds Conv and ConvTranspose.
 pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
-    Err(op_error(format!("conv::build: {} is not written yet", node.op_type)))
+    let attrs = ConvAttrs::from_node(node)?;
+    match node.op_type.as_str() {
+        "Conv" => Ok(Box::new(Conv { attrs })),
+        "ConvTranspose" => {
+            let output_padding = match node.attr_ints("output_padding")? {
+                None => None,
+                Some(v) => {
+                    if let Some(bad) = v.iter().find(|&&x| x < 0) {
+                        return Err(op_error(format!("output_padding must be >= 0, got {bad} in {v:?}")));
+                    }
+                    Some(v.iter().map(|&x| x as usize).collect())
+                }
+            };
+            let output_shape = match node.attr_ints("output_shape")? {
+                None => None,
+                Some(v) => {
+                    if let Some(bad) = v.iter().find(|&&x| x < 1) {
+                        return Err(op_error(format!("output_shape must be positive, got {bad} in {v:?}")));
+                    }
+                    Some(v.iter().map(|&x| x as usize).collect())
+                }
+            };
+            Ok(Box::new(ConvTranspose { attrs, output_padding, output_shape }))
+        }
+        o => Err(op_error(format!("conv::build called for {o}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{numel, AttrValue, Attribute};
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn tensor(&mut self, shape: &[usize]) -> Tensor {
+            Tensor::from_f32(shape.to_vec(), (0..numel(shape)).map(|_| self.next()).collect())
+        }
+    }
+
+    fn ints(v: &[i64]) -> AttrValue {
+        AttrValue::Ints(v.to_vec())
+    }
+    fn string(s: &str) -> AttrValue {
+        AttrValue::String(s.as_bytes().to_vec())
+    }
+    fn node(op: &str, attrs: Vec<(&str, AttrValue)>) -> Node {
+        Node::new("n", op, &["x", "w", "b"], &["y"], attrs.into_iter().map(|(k, v)| Attribute::new(k, v)).collect())
+    }
+    fn build_op(op: &str, attrs: Vec<(&str, AttrValue)>) -> Box<dyn Op> {
+        build(&node(op, attrs), 17).unwrap()
+    }
+
+    /// Evaluates and checks that shape inference agrees.
+    fn run(o: &dyn Op, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let out = o.eval(&[Some(x), Some(w), b])?.remove(0);
+        let fx = Fact::new(x.dtype(), x.shape().to_vec());
+        let fw = Fact::known(w.clone());
+        let fb = b.map(|b| Fact::known(b.clone()));
+        let f = o.infer(&[Some(&fx), Some(&fw), fb.as_ref()])?;
+        assert_eq!(f[0].shape, out.shape());
+        assert_eq!(f[0].dtype, out.dtype());
+        Ok(out)
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+        }
+    }
+
+    fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+        let mut idx = vec![0; shape.len()];
+        for a in (0..shape.len()).rev() {
+            idx[a] = i % shape[a];
+            i /= shape[a];
+        }
+        idx
+    }
+    fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+        idx.iter().zip(shape).fold(0, |a, (&i, &d)| a * d + i)
+    }
+
+    /// Direct N-D convolution, straight from the definition.
+    fn ref_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &ConvGeom) -> Vec<f32> {
+        let (xv, wv) = (x.f32s().unwrap(), w.f32s().unwrap());
+        let (cg, mg) = (g.c_in / g.group, g.c_out / g.group);
+        let mut out = vec![0.0f32; g.n * g.c_out * g.out_len()];
+        for n in 0..g.n {
+            for oc in 0..g.c_out {
+                let grp = oc / mg;
+                for op in 0..g.out_len() {
+                    let o = unravel(op, &g.out_sp);
+                    let mut acc = b.map(|b| b.f32s().unwrap()[oc] as f64).unwrap_or(0.0);
+                    for ci in 0..cg {
+                        for kp in 0..g.k_len() {
+                            let k = unravel(kp, &g.kernel);
+                            let mut inside = true;
+                            let mut ii = vec![0; k.len()];
+                            for a in 0..k.len() {
+                                let v = (o[a] * g.strides[a] + k[a] * g.dilations[a]) as isize - g.pads_begin[a] as isize;
+                                if v < 0 || v >= g.in_sp[a] as isize {
+                                    inside = false;
+                                }
+                                ii[a] = v.max(0) as usize;
+                            }
+                            if inside {
+                                let xi = ((n * g.c_in + grp * cg + ci) * g.in_len()) + ravel(&ii, &g.in_sp);
+                                let wi = (oc * cg + ci) * g.k_len() + kp;
+                                acc += xv[xi] as f64 * wv[wi] as f64;
+                            }
+                        }
+                    }
+                    out[(n * g.c_out + oc) * g.out_len() + op] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Direct N-D transposed convolution (scatter form).
+    fn ref_conv_t(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &ConvGeom) -> Vec<f32> {
+        let (xv, wv) = (x.f32s().unwrap(), w.f32s().unwrap());
+        let (cig, cog) = (g.c_in / g.group, g.c_out / g.group);
+        let mut out = vec![0.0f64; g.n * g.c_out * g.out_len()];
+        for n in 0..g.n {
+            for oc in 0..g.c_out {
+                let bv = b.map(|b| b.f32s().unwrap()[oc] as f64).unwrap_or(0.0);
+                for p in 0..g.out_len() {
+                    out[(n * g.c_out + oc) * g.out_len() + p] = bv;
+                }
+            }
+            for ci in 0..g.c_in {
+                let grp = ci / cig;
+                for ip in 0..g.in_len() {
+                    let i = unravel(ip, &g.in_sp);
+                    let xval = xv[(n * g.c_in + ci) * g.in_len() + ip] as f64;
+                    for j in 0..cog {
+                        let oc = grp * cog + j;
+                        for kp in 0..g.k_len() {
+                            let k = unravel(kp, &g.kernel);
+                            let mut inside = true;
+                            let mut oi = vec![0; k.len()];
+                            for a in 0..k.len() {
+                                let v = (i[a] * g.strides[a] + k[a] * g.dilations[a]) as isize - g.pads_begin[a] as isize;
+                                if v < 0 || v >= g.out_sp[a] as isize {
+                                    inside = false;
+                                }
+                                oi[a] = v.max(0) as usize;
+                            }
+                            if inside {
+                                let wi = (ci * cog + j) * g.k_len() + kp;
+                                out[(n * g.c_out + oc) * g.out_len() + ravel(&oi, &g.out_sp)] += xval * wv[wi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|v| v as f32).collect()
+    }
+
+    struct Case {
+        x: Vec<usize>,
+        w: Vec<usize>,
+        attrs: Vec<(&'static str, AttrValue)>,
+        bias: bool,
+    }
+
+    fn case(x: &[usize], w: &[usize], attrs: Vec<(&'static str, AttrValue)>, bias: bool) -> Case {
+        Case { x: x.to_vec(), w: w.to_vec(), attrs, bias }
+    }
+
+    fn check_conv_cases(cases: Vec<Case>) {
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        for (ci, c) in cases.into_iter().enumerate() {
+            let o = build_op("Conv", c.attrs.clone());
+            let x = rng.tensor(&c.x);
+            let w = rng.tensor(&c.w);
+            let b = c.bias.then(|| rng.tensor(&[c.w[0]]));
+            let y = run(o.as_ref(), &x, &w, b.as_ref()).unwrap_or_else(|e| panic!("case {ci}: {e}"));
+            let conv = Conv { attrs: ConvAttrs::from_node(&node("Conv", c.attrs.clone())).unwrap() };
+            let g = conv.geometry(&c.x, &c.w).unwrap();
+            let want = ref_conv(&x, &w, b.as_ref(), &g);
+            close(y.f32s().unwrap(), &want);
+        }
+    }
+
+    #[test]
+    fn conv_hand_2x2() {
+        let o = build_op("Conv", vec![]);
+        let x = Tensor::from_f32(vec![1, 1, 3, 3], (0..9).map(|v| v as f32).collect());
+        let w = Tensor::from_f32(vec![1, 1, 2, 2], vec![1.0; 4]);
+        let y = run(o.as_ref(), &x, &w, None).unwrap();
+        assert_eq!(y.shape(), &[1, 1, 2, 2]);
+        assert_eq!(y.f32s().unwrap(), &[8.0, 12.0, 20.0, 24.0]);
+    }
+
+    #[test]
+    fn conv_hand_auto_pad_matches_ort() {
+        let x = Tensor::from_f32(vec![1, 1, 5], (0..5).map(|v| v as f32).collect());
+        let w = Tensor::from_f32(vec![1, 1, 2], vec![1.0, 2.0]);
+        let up = build_op("Conv", vec![("auto_pad", string("SAME_UPPER")), ("strides", ints(&[2]))]);
+        assert_eq!(run(up.as_ref(), &x, &w, None).unwrap().f32s().unwrap(), &[2.0, 8.0, 4.0]);
+        let lo = build_op("Conv", vec![("auto_pad", string("SAME_LOWER")), ("strides", ints(&[2]))]);
+        assert_eq!(run(lo.as_ref(), &x, &w, None).unwrap().f32s().unwrap(), &[0.0, 5.0, 11.0]);
+        let va = build_op("Conv", vec![("auto_pad", string("VALID")), ("strides", ints(&[2]))]);
+        assert_eq!(run(va.as_ref(), &x, &w, None).unwrap().f32s().unwrap(), &[2.0, 8.0]);
+    }
+
+    #[test]
+    fn conv_hand_dilation_asymmetric_pads_bias() {
+        // Values from ONNX Runtime.
+        let o = build_op("Conv", vec![("dilations", ints(&[2, 1])), ("pads", ints(&[1, 0, 0, 1]))]);
+        let x = Tensor::from_f32(vec![1, 1, 4, 4], (0..16).map(|v| v as f32).collect());
+        let w = Tensor::from_f32(vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let b = Tensor::from_f32(vec![1], vec![0.5]);
+        let y = run(o.as_ref(), &x, &w, Some(&b)).unwrap();
+        assert_eq!(y.shape(), &[1, 1, 3, 4]);
+        assert_eq!(
+            y.f32s().unwrap(),
+            &[32.5, 39.5, 46.5, 21.5, 62.5, 72.5, 82.5, 36.5, 102.5, 112.5, 122.5, 52.5]
+        );
+    }
+
+    #[test]
+    fn conv_hand_pointwise_1d() {
+        let o = build_op("Conv", vec![]);
+        let x = Tensor::from_f32(vec![1, 2, 4], (0..8).map(|v| v as f32).collect());
+        let w = Tensor::from_f32(vec![3, 2, 1], vec![1.0, -1.0, 2.0, 3.0, 1.0, 1.0]);
+        let y = run(o.as_ref(), &x, &w, None).unwrap();
+        assert_eq!(y.f32s().unwrap(), &[-4.0, -4.0, -4.0, -4.0, 12.0, 17.0, 22.0, 27.0, 4.0, 6.0, 8.0, 10.0]);
+    }
+
+    #[test]
+    fn conv_2d_many_configs() {
+        check_conv_cases(vec![
+            case(&[1, 3, 7, 7], &[4, 3, 3, 3], vec![], false),
+            case(&[2, 3, 7, 6], &[4, 3, 3, 3], vec![("pads", ints(&[1, 1, 1, 1]))], true),
+            case(&[2, 4, 9, 8], &[6, 4, 3, 2], vec![("strides", ints(&[2, 3])), ("pads", ints(&[0, 1, 2, 1]))], true),
+            case(&[1, 4, 10, 9], &[4, 4, 3, 3], vec![("dilations", ints(&[2, 3])), ("pads", ints(&[2, 1, 0, 3]))], false),
+            case(&[2, 6, 8, 8], &[9, 2, 3, 3], vec![("group", AttrValue::Int(3)), ("pads", ints(&[1, 1, 1, 1]))], true),
+            case(&[1, 8, 6, 6], &[4, 4, 1, 1], vec![("group", AttrValue::Int(2))], true),
+            case(&[3, 5, 6, 7], &[7, 5, 1, 1], vec![], true),
+            case(&[1, 5, 6, 7], &[7, 5, 1, 1], vec![("strides", ints(&[2, 2]))], false),
+            case(&[1, 5, 6, 7], &[7, 5, 1, 1], vec![("pads", ints(&[1, 0, 0, 1]))], false),
+            case(&[1, 3, 11, 10], &[5, 3, 3, 3], vec![("auto_pad", string("SAME_UPPER")), ("strides", ints(&[2, 2]))], true),
+            case(&[1, 3, 11, 10], &[5, 3, 4, 4], vec![("auto_pad", string("SAME_LOWER")), ("strides", ints(&[2, 3]))], true),
+            case(&[1, 3, 11, 10], &[5, 3, 3, 2], vec![("auto_pad", string("SAME_UPPER")), ("dilations", ints(&[2, 2]))], false),
+            case(&[1, 3, 11, 10], &[5, 3, 3, 3], vec![("auto_pad", string("VALID")), ("strides", ints(&[2, 1]))], false),
+            case(&[1, 3, 5, 5], &[2, 3, 3, 3], vec![("kernel_shape", ints(&[3, 3])), ("pads", ints(&[3, 3, 3, 3]))], true),
+            // Big enough to take the parallel paths.
+            case(&[1, 16, 20, 20], &[32, 16, 3, 3], vec![("pads", ints(&[1, 1, 1, 1]))], true),
+            case(&[4, 16, 12, 12], &[16, 16, 3, 3], vec![("pads", ints(&[1, 1, 1, 1])), ("strides", ints(&[2, 2]))], false),
+            case(&[2, 32, 12, 12], &[64, 4, 3, 3], vec![("group", AttrValue::Int(8)), ("pads", ints(&[1, 1, 1, 1]))], true),
+            case(&[2, 64, 14, 14], &[128, 64, 1, 1], vec![], true),
+        ]);
+    }
+
+    #[test]
+    fn conv_depthwise_and_single_channel() {
+        check_conv_cases(vec![
+            // depthwise
+            case(&[1, 8, 9, 9], &[8, 1, 3, 3], vec![("group", AttrValue::Int(8)), ("pads", ints(&[1, 1, 1, 1]))], true),
+            // depthwise, stride 2, asymmetric pads
+            case(&[2, 6, 10, 9], &[6, 1, 3, 3], vec![("group", AttrValue::Int(6)), ("strides", ints(&[2, 2])), ("pads", ints(&[0, 1, 1, 0]))], false),
+            // channel multiplier 3, dilation
+            case(&[1, 4, 9, 9], &[12, 1, 3, 3], vec![("group", AttrValue::Int(4)), ("dilations", ints(&[2, 2])), ("pads", ints(&[2, 2, 2, 2]))], true),
+            // single input channel, ordinary conv
+            case(&[2, 1, 12, 12], &[5, 1, 5, 5], vec![("pads", ints(&[2, 2, 2, 2]))], true),
+            // depthwise SAME_UPPER with stride
+            case(&[1, 5, 7, 8], &[5, 1, 5, 5], vec![("group", AttrValue::Int(5)), ("auto_pad", string("SAME_UPPER")), ("strides", ints(&[2, 2]))], false),
+            // big depthwise (parallel path)
+            case(&[1, 32, 28, 28], &[32, 1, 3, 3], vec![("group", AttrValue::Int(32)), ("pads", ints(&[1, 1, 1, 1]))], true),
+            // 1-D and 3-D depthwise
+            case(&[1, 3, 20], &[6, 1, 4], vec![("group", AttrValue::Int(3)), ("strides", ints(&[3])), ("pads", ints(&[1, 2]))], true),
+            case(&[1, 2, 5, 6, 7], &[2, 1, 3, 2, 3], vec![("group", AttrValue::Int(2)), ("pads", ints(&[1, 0, 1, 1, 1, 0]))], true),
+        ]);
+    }
+
+    #[test]
+    fn conv_1d_and_3d() {
+        check_conv_cases(vec![
+            case(&[2, 3, 17], &[4, 3, 3], vec![("pads", ints(&[1, 2])), ("strides", ints(&[2])), ("dilations", ints(&[2]))], true),
+            case(&[1, 4, 10], &[6, 2, 5], vec![("group", AttrValue::Int(2)), ("auto_pad", string("SAME_LOWER"))], false),
+            case(&[1, 3, 6, 7, 5], &[4, 3, 3, 3, 2], vec![("pads", ints(&[1, 1, 0, 1, 0, 1])), ("strides", ints(&[2, 1, 2]))], true),
+            case(&[2, 4, 5, 5, 5], &[4, 2, 2, 3, 3], vec![("group", AttrValue::Int(2)), ("dilations", ints(&[2, 1, 1]))], false),
+            case(&[1, 4, 4, 5, 6], &[8, 4, 1, 1, 1], vec![], true),
+        ]);
+    }
+
+    #[test]
+    fn conv_macs_and_geometry() {
+        let o = build_op("Conv", vec![("pads", ints(&[1, 1, 1, 1])), ("group", AttrValue::Int(2))]);
+        let fx = Fact::new(DType::F32, vec![2, 8, 10, 12]);
+        let fw = Fact::new(DType::F32, vec![6, 4, 3, 3]);
+        let out = o.infer(&[Some(&fx), Some(&fw), None]).unwrap();
+        assert_eq!(out[0].shape, vec![2, 6, 10, 12]);
+        // N * C_out * out spatial * C_in/group * kernel
+        assert_eq!(o.macs(&[Some(&fx), Some(&fw), None], &out), 2 * 6 * 120 * 4 * 9);
+    }
+
+    #[test]
+    fn conv_errors() {
+        let mut rng = Rng(7);
+        let x = rng.tensor(&[1, 4, 5, 5]);
+        let o = build_op("Conv", vec![]);
+        // channel mismatch
+        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 3, 3, 3])), None]).is_err());
+        // rank mismatch
+        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3])), None]).is_err());
+        // kernel bigger than input
+        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 6, 6])), None]).is_err());
+        // bad bias
+        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), Some(&rng.tensor(&[3]))]).is_err());
+        // missing weight
+        assert!(o.eval(&[Some(&x), None, None]).is_err());
+        // rank 2 input, rank 6 input
+        assert!(o.eval(&[Some(&rng.tensor(&[4, 5])), Some(&rng.tensor(&[2, 5])), None]).is_err());
+        assert!(o.eval(&[Some(&rng.tensor(&[1, 1, 2, 2, 2, 2])), Some(&rng.tensor(&[1, 1, 1, 1, 1, 1])), None]).is_err());
+        // integer input
+        let xi = Tensor::from_i64(vec![1, 1, 2, 2], vec![1, 2, 3, 4]);
+        let wi = Tensor::from_i64(vec![1, 1, 1, 1], vec![1]);
+        assert!(o.eval(&[Some(&xi), Some(&wi), None]).is_err());
+        // group does not divide
+        let g3 = build_op("Conv", vec![("group", AttrValue::Int(3))]);
+        assert!(g3.eval(&[Some(&x), Some(&rng.tensor(&[3, 1, 3, 3])), None]).is_err());
+        let g2 = build_op("Conv", vec![("group", AttrValue::Int(2))]);
+        assert!(g2.eval(&[Some(&x), Some(&rng.tensor(&[3, 2, 3, 3])), None]).is_err());
+        // kernel_shape disagreeing with the weight, wrong attribute lengths
+        let ks = build_op("Conv", vec![("kernel_shape", ints(&[2, 2]))]);
+        assert!(ks.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+        let st = build_op("Conv", vec![("strides", ints(&[2]))]);
+        assert!(st.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+        let pd = build_op("Conv", vec![("pads", ints(&[1, 1]))]);
+        assert!(pd.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+        // bad attributes at build time
+        assert!(build(&node("Conv", vec![("strides", ints(&[0, 1]))]), 17).is_err());
+        assert!(build(&node("Conv", vec![("dilations", ints(&[-1, 1]))]), 17).is_err());
+        assert!(build(&node("Conv", vec![("group", AttrValue::Int(0))]), 17).is_err());
+        assert!(build(&node("Conv", vec![("pads", ints(&[-1, 0, 0, 0]))]), 17).is_err());
+        assert!(build(&node("Conv", vec![("auto_pad", string("SAME"))]), 17).is_err());
+        assert!(build(&node("Conv", vec![("auto_pad", string("VALID")), ("pads", ints(&[0, 0, 0, 0]))]), 17).is_err());
+        // empty kernel
+        assert!(o.eval(&[Some(&x), Some(&Tensor::from_f32(vec![2, 4, 0, 3], vec![])), None]).is_err());
+        // hostile strides do not overflow
+        let big = build_op("Conv", vec![("dilations", ints(&[i64::MAX / 2, 1]))]);
+        assert!(big.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+    }
+
+    #[test]
+    fn conv_empty_batch_and_f16_dtype() {
+        let o = build_op("Conv", vec![]);
+        let x = Tensor::from_f32(vec![0, 2, 4, 4], vec![]);
+        let w = Tensor::from_f32(vec![3, 2, 3, 3], vec![0.5; 54]);
+        let y = run(o.as_ref(), &x, &w, None).unwrap();
+        assert_eq!(y.shape(), &[0, 3, 2, 2]);
+        // f16 tensors are held as f32 and keep their dtype.
+        let x = Tensor::from_float(DType::F16, vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let w = Tensor::from_float(DType::F16, vec![1, 1, 1, 1], vec![2.0]);
+        let y = run(o.as_ref(), &x, &w, None).unwrap();
+        assert_eq!(y.dtype(), DType::F16);
+        assert_eq!(y.f32s().unwrap(), &[2.0, 4.0, 6.0, 8.0]);
+    }
+
+    // ----- ConvTranspose
+
+    fn iota(shape: &[usize]) -> Tensor {
+        Tensor::from_f32(shape.to_vec(), (0..numel(shape)).map(|v| v as f32).collect())
+    }
+
+    #[test]
+    fn conv_transpose_hand_matches_ort() {
+        let x = iota(&[1, 1, 3]);
+        let w3 = Tensor::from_f32(vec![1, 1, 3], vec![1.0; 3]);
+        let w2 = Tensor::from_f32(vec![1, 1, 2], vec![1.0; 2]);
+        let w5 = Tensor::from_f32(vec![1, 1, 5], vec![1.0; 5]);
+        let w1 = Tensor::from_f32(vec![1, 1, 1], vec![1.0]);
+        let s2 = ("strides", ints(&[2]));
+        let ev = |attrs: Vec<(&'static str, AttrValue)>, w: &Tensor| -> Vec<f32> {
+            run(build_op("ConvTranspose", attrs).as_ref(), &x, w, None).unwrap().f32s().unwrap().to_vec()
+        };
+        assert_eq!(ev(vec![], &w3), vec![0.0, 1.0, 3.0, 3.0, 2.0]);
+        assert_eq!(ev(vec![s2.clone()], &w2), vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(ev(vec![s2.clone()], &w3), vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0]);
+        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_UPPER"))], &w3), vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0]);
+        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_LOWER"))], &w3), vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]);
+        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_UPPER"))], &w5), vec![0.0, 1.0, 1.0, 3.0, 3.0, 3.0]);
+        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_LOWER"))], &w5), vec![1.0, 1.0, 3.0, 3.0, 3.0, 2.0]);
+        assert_eq!(
+            ev(vec![("strides", ints(&[3])), ("auto_pad", string("SAME_UPPER"))], &w1),
+            vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 2.0]
+        );
+        for (os, want) in [
+            (2, vec![1.0, 3.0]),
+            (3, vec![1.0, 1.0, 3.0]),
+            (4, vec![1.0, 1.0, 3.0, 2.0]),
+            (5, vec![0.0, 1.0, 1.0, 3.0, 2.0]),
+            (6, vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]),
+            (7, vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0]),
+        ] {
+            assert_eq!(ev(vec![s2.clone(), ("output_shape", ints(&[os]))], &w3), want, "output_shape {os}");
+        }
+        // pads are ignored when output_shape is given
+        assert_eq!(
+            ev(vec![s2.clone(), ("output_shape", ints(&[6])), ("pads", ints(&[1, 1]))], &w3),
+            vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("output_shape", ints(&[6])), ("output_padding", ints(&[1]))], &w3),
+            vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]
+        );
+        assert_eq!(ev(vec![s2.clone(), ("output_shape", ints(&[5])), ("auto_pad", string("SAME_UPPER"))], &w2), vec![0.0, 0.0, 1.0, 1.0, 2.0]);
+        assert_eq!(ev(vec![s2.clone(), ("output_padding", ints(&[1]))], &w3), vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0, 0.0]);
+        assert_eq!(ev(vec![s2.clone(), ("pads", ints(&[1, 2]))], &w3), vec![0.0, 1.0, 1.0, 3.0]);
+        assert_eq!(ev(vec![s2.clone(), ("dilations", ints(&[2]))], &w3), vec![0.0, 0.0, 1.0, 0.0, 3.0, 0.0, 3.0, 0.0, 2.0]);
+    }
+
+    #[test]
+    fn conv_transpose_hand_group_bias() {
+        // Values from ONNX Runtime.
+        let o = build_op("ConvTranspose", vec![("group", AttrValue::Int(2)), ("strides", ints(&[2])), ("output_padding", ints(&[1]))]);
+        let x = iota(&[1, 2, 3]);
+        let w = Tensor::from_f32(vec![2, 1, 2], vec![1.0, 2.0, -1.0, 1.0]);
+        let b = Tensor::from_f32(vec![2], vec![1.0, -1.0]);
+        let y = run(o.as_ref(), &x, &w, Some(&b)).unwrap();
+        assert_eq!(y.shape(), &[1, 2, 7]);
+        assert_eq!(y.f32s().unwrap(), &[1.0, 1.0, 2.0, 3.0, 3.0, 5.0, 1.0, -4.0, 2.0, -5.0, 3.0, -6.0, 4.0, -1.0]);
+    }
+
+    #[test]
+    fn conv_transpose_many_configs() {
+        let cases = vec![
+            case(&[1, 3, 5, 5], &[3, 4, 3, 3], vec![], true),
+            case(&[2, 4, 5, 6], &[4, 3, 3, 3], vec![("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1])), ("output_padding", ints(&[1, 0]))], true),
+            case(&[1, 4, 5, 4], &[4, 2, 3, 2], vec![("strides", ints(&[3, 2])), ("dilations", ints(&[2, 1])), ("pads", ints(&[0, 1, 2, 0]))], false),
+            case(&[2, 6, 4, 4], &[6, 3, 3, 3], vec![("group", AttrValue::Int(3)), ("strides", ints(&[2, 2]))], true),
+            case(&[1, 4, 4, 4], &[4, 1, 4, 4], vec![("group", AttrValue::Int(4)), ("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1]))], true),
+            case(&[1, 3, 5, 5], &[3, 2, 3, 3], vec![("strides", ints(&[2, 2])), ("auto_pad", string("SAME_UPPER"))], false),
+            case(&[1, 3, 5, 5], &[3, 2, 4, 3], vec![("strides", ints(&[2, 3])), ("auto_pad", string("SAME_LOWER"))], true),
+            case(&[1, 3, 5, 5], &[3, 2, 3, 3], vec![("strides", ints(&[2, 2])), ("output_shape", ints(&[9, 10]))], true),
+            case(&[1, 3, 5, 5], &[3, 2, 3, 3], vec![("auto_pad", string("VALID"))], false),
+            case(&[1, 8, 6, 6], &[8, 4, 1, 1], vec![], true),
+            case(&[2, 3, 7], &[3, 2, 3], vec![("strides", ints(&[2])), ("pads", ints(&[2, 1]))], true),
+            case(&[1, 2, 3, 4, 3], &[2, 3, 2, 3, 2], vec![("strides", ints(&[2, 1, 2])), ("pads", ints(&[0, 1, 0, 1, 0, 1]))], true),
+            // parallel paths
+            case(&[1, 32, 16, 16], &[32, 16, 4, 4], vec![("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1]))], true),
+            case(&[4, 16, 10, 10], &[16, 8, 3, 3], vec![("strides", ints(&[2, 2])), ("output_padding", ints(&[1, 1]))], false),
+        ];
+        let mut rng = Rng(12345);
+        for (ci, c) in cases.into_iter().enumerate() {
+            let o = build_op("ConvTranspose", c.attrs.clone());
+            let x = rng.tensor(&c.x);
+            let w = rng.tensor(&c.w);
+            let cout = c.w[1] * c.attrs.iter().find(|(k, _)| *k == "group").map(|(_, v)| if let AttrValue::Int(g) = v { *g as usize } else { 1 }).unwrap_or(1);
+            let b = c.bias.then(|| rng.tensor(&[cout]));
+            let y = run(o.as_ref(), &x, &w, b.as_ref()).unwrap_or_else(|e| panic!("case {ci}: {e}"));
+            let n = node("ConvTranspose", c.attrs.clone());
+            let ct = ConvTranspose {
+                attrs: ConvAttrs::from_node(&n).unwrap(),
+                output_padding: n.attr_ints("output_padding").unwrap().map(|v| v.iter().map(|&x| x as usize).collect()),
+                output_shape: n.attr_ints("output_shape").unwrap().map(|v| v.iter().map(|&x| x as usize).collect()),
+            };
+            let g = ct.geometry(&c.x, &c.w).unwrap();
+            let want = ref_conv_t(&x, &w, b.as_ref(), &g);
+            close(y.f32s().unwrap(), &want);
+        }
+    }
+
+    #[test]
+    fn conv_transpose_macs_and_errors() {
+        let o = build_op("ConvTranspose", vec![("strides", ints(&[2, 2])), ("group", AttrValue::Int(2))]);
+        let fx = Fact::new(DType::F32, vec![2, 4, 5, 6]);
+        let fw = Fact::new(DType::F32, vec![4, 3, 3, 3]);
+        let out = o.infer(&[Some(&fx), Some(&fw), None]).unwrap();
+        assert_eq!(out[0].shape, vec![2, 6, 11, 13]);
+        assert_eq!(o.macs(&[Some(&fx), Some(&fw), None], &out), 2 * 4 * 30 * 3 * 9);
+
+        let mut rng = Rng(99);
+        let x = rng.tensor(&[1, 2, 3]);
+        let w = rng.tensor(&[2, 1, 3]);
+        let ev = |attrs: Vec<(&'static str, AttrValue)>, w: &Tensor| build_op("ConvTranspose", attrs).eval(&[Some(&x), Some(w), None]);
+        // output_padding >= stride
+        assert!(ev(vec![("strides", ints(&[2])), ("output_padding", ints(&[2]))], &w).is_err());
+        // output_shape too large, wrong length
+        assert!(ev(vec![("strides", ints(&[2])), ("output_shape", ints(&[8]))], &w).is_err());
+        assert!(ev(vec![("output_shape", ints(&[1, 1, 5]))], &w).is_err());
+        // pads consume everything
+        assert!(ev(vec![("pads", ints(&[3, 3]))], &w).is_err());
+        // channel mismatch
+        assert!(ev(vec![], &rng.tensor(&[3, 1, 3])).is_err());
+        // group does not divide the input channels
+        assert!(ev(vec![("group", AttrValue::Int(3))], &rng.tensor(&[2, 1, 3])).is_err());
+        // bias of the wrong size
+        let b = rng.tensor(&[2]);
+        assert!(build_op("ConvTranspose", vec![]).eval(&[Some(&x), Some(&w), Some(&b)]).is_err());
+        // negative output_padding at build time
+        assert!(build(&node("ConvTranspose", vec![("output_padding", ints(&[-1]))]), 17).is_err());
+        assert!(build(&node("ConvTranspose", vec![("output_shape", ints(&[0]))]), 17).is_err());
+        // empty spatial input
+        let e = Tensor::from_f32(vec![1, 2, 0], vec![]);
+        assert!(build_op("ConvTranspose", vec![]).eval(&[Some(&e), Some(&w), None]).is_err());
+    }
+
+    #[test]
+    fn valid_range_edges() {
+        // o * s + off in [0, n_in)
+        assert_eq!(valid_range(5, 5, 1, 0), (0, 5));
+        assert_eq!(valid_range(5, 5, 1, -1), (1, 5));
+        assert_eq!(valid_range(5, 5, 1, 1), (0, 4));
+        assert_eq!(valid_range(3, 5, 2, -1), (1, 3));
+        assert_eq!(valid_range(3, 2, 1, 5), (0, 0));
+        assert_eq!(valid_range(3, 2, 1, -5), (0, 0));
+        assert_eq!(valid_range(4, 7, 3, -2), (1, 3));
+    }
 }

@@ -1,10 +1,490 @@
-//! (being written)
+//! Matrix products: Gemm and MatMul (numpy semantics), on top of the
+//! `gemm` crate. [`sgemm`] is the shared strided f32 GEMM kernel, also used
+//! by the convolutions.
 
-use super::{op_error, Op};
+use rayon::prelude::*;
+
+use super::common::{broadcast_shapes, fact, input, opt};
+use super::{op_error, Fact, Op};
 use crate::error::Result;
-use crate::ir::Node;
+use crate::ir::{strides, DType, Data, Node, Storage, Tensor};
 
-/// Builds the ops of this file.
+/// Multiply-accumulates above which one GEMM is split over threads.
+pub const GEMM_PAR_MACS: usize = 1 << 17;
+
+/// A read-only strided matrix view: element `(i, j)` is at
+/// `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    /// Backing values.
+    pub data: &'a [f32],
+    /// Row stride (elements).
+    pub rs: usize,
+    /// Column stride (elements).
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn row_major(data: &'a [f32], cols: usize) -> MatRef<'a> {
+        MatRef { data, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with `cols` columns (a
+    /// column-major view of it).
+    pub fn transposed(data: &'a [f32], cols: usize) -> MatRef<'a> {
+        MatRef { data, rs: 1, cs: cols }
+    }
+    /// True when every element of a `rows x cols` view is inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let last = (rows - 1).checked_mul(self.rs).and_then(|a| (cols - 1).checked_mul(self.cs).and_then(|b| a.checked_add(b)));
+        matches!(last, Some(l) if l < self.data.len())
+    }
+}
+
+/// `dst[m x n] = alpha * a[m x k] * b[k x n]` (or `+=` when `accumulate`),
+/// with `dst` row-major with row stride `dst_rs`. Splits the work over
+/// threads when `parallel` is set and the product is large enough.
+///
+/// Panics when a view does not fit its slice (a caller bug, not bad input).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    accumulate: bool,
+    dst: &mut [f32],
+    dst_rs: usize,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let d = MatRef { data: dst, rs: dst_rs, cs: 1 };
+    assert!(d.fits(m, n), "sgemm: dst view out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(a.fits(m, k) && b.fits(k, n), "sgemm: operand view out of bounds");
+    let par = if parallel && m.saturating_mul(n).saturating_mul(k) >= GEMM_PAR_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every view was checked to lie inside its slice above; `dst`
+    // is borrowed mutably and cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Integer `dst[m x n] += a[m x k] * b[k x n]` (wrapping), row-major
+/// contiguous operands given with their strides.
+fn igemm(m: usize, n: usize, k: usize, a: &[i64], a_rs: usize, a_cs: usize, b: &[i64], b_rs: usize, b_cs: usize, dst: &mut [i64]) {
+    for i in 0..m {
+        let row = &mut dst[i * n..(i + 1) * n];
+        for p in 0..k {
+            let av = a[i * a_rs + p * a_cs];
+            if av == 0 {
+                continue;
+            }
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = o.wrapping_add(av.wrapping_mul(b[p * b_rs + j * b_cs]));
+            }
+        }
+    }
+}
+
+/// `Gemm`: `Y = alpha * A' * B' + beta * C`.
+#[derive(Debug, Clone)]
+pub struct Gemm {
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of `C`.
+    pub beta: f32,
+    /// `A` is stored transposed (`[K, M]`).
+    pub trans_a: bool,
+    /// `B` is stored transposed (`[N, K]`).
+    pub trans_b: bool,
+}
+
+/// `MatMul` with numpy semantics.
+#[derive(Debug, Clone)]
+pub struct MatMul;
+
+/// Builds Gemm and MatMul.
 pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
-    Err(op_error(format!("matmul::build: {} is not written yet", node.op_type)))
+    match node.op_type.as_str() {
+        "Gemm" => Ok(Box::new(Gemm {
+            alpha: node.attr_float("alpha", 1.0)?,
+            beta: node.attr_float("beta", 1.0)?,
+            trans_a: node.attr_int("transA", 0)? != 0,
+            trans_b: node.attr_int("transB", 0)? != 0,
+        })),
+        "MatMul" => Ok(Box::new(MatMul)),
+        o => Err(op_error(format!("matmul::build called for {o}"))),
+    }
+}
+
+/// Checked element count of a shape.
+fn checked_numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| op_error(format!("output shape {shape:?} is too large")))
+}
+
+fn check_computable(dt: DType) -> Result<()> {
+    match dt.storage() {
+        Storage::Float | Storage::Int => Ok(()),
+        _ => Err(op_error(format!("unsupported element type {dt}"))),
+    }
+}
+
+/// Dimensions of a Gemm: (M, N, K) from the shapes of A and B.
+impl Gemm {
+    /// `(M, N, K)` for operand shapes, checking ranks and the inner size.
+    pub fn dims(&self, a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> {
+        if a.len() != 2 || b.len() != 2 {
+            return Err(op_error(format!("A and B must be 2-D, got shapes {a:?} and {b:?}")));
+        }
+        let (m, ka) = if self.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+        let (kb, n) = if self.trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
+        if ka != kb {
+            return Err(op_error(format!(
+                "inner dimensions differ: A{} {a:?} gives K={ka}, B{} {b:?} gives K={kb}",
+                if self.trans_a { "ᵀ" } else { "" },
+                if self.trans_b { "ᵀ" } else { "" }
+            )));
+        }
+        Ok((m, n, ka))
+    }
+
+    /// Checks that `C` broadcasts (unidirectionally) to `[M, N]`.
+    fn check_c(c: &[usize], m: usize, n: usize) -> Result<()> {
+        let ok = match c {
+            [] => true,
+            [x] => *x == 1 || *x == n,
+            [x, y] => (*x == 1 || *x == m) && (*y == 1 || *y == n),
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(op_error(format!("C of shape {c:?} does not broadcast to [{m}, {n}]")))
+        }
+    }
+}
+
+/// Expands `c` (broadcastable to `[m, n]`) into a full row-major `[m, n]`
+/// buffer, scaled by `beta`.
+fn broadcast_c<T: Copy + Default>(c: &[T], cs: &[usize], m: usize, n: usize, scale: impl Fn(T) -> T) -> Vec<T> {
+    let (cm, cn) = match cs {
+        [] => (1, 1),
+        [x] => (1, *x),
+        [x, y] => (*x, *y),
+        _ => (1, 1),
+    };
+    let mut out = vec![T::default(); m * n];
+    for i in 0..m {
+        let ci = if cm == 1 { 0 } else { i };
+        let row = &mut out[i * n..(i + 1) * n];
+        if cn == 1 {
+            row.fill(scale(c[ci * cn]));
+        } else {
+            for (o, &v) in row.iter_mut().zip(&c[ci * cn..ci * cn + n]) {
+                *o = scale(v);
+            }
+        }
+    }
+    out
+}
+
+impl Op for Gemm {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (a, b) = (fact(inputs, 0)?, fact(inputs, 1)?);
+        check_computable(a.dtype)?;
+        if a.dtype != b.dtype {
+            return Err(op_error(format!("A and B types differ: {} and {}", a.dtype, b.dtype)));
+        }
+        let (m, n, _) = self.dims(&a.shape, &b.shape)?;
+        if let Some(c) = opt(inputs, 2) {
+            if c.dtype != a.dtype {
+                return Err(op_error(format!("C type {} differs from A type {}", c.dtype, a.dtype)));
+            }
+            Self::check_c(&c.shape, m, n)?;
+        }
+        checked_numel(&[m, n])?;
+        Ok(vec![Fact::new(a.dtype, vec![m, n])])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
+        if a.dtype() != b.dtype() {
+            return Err(op_error(format!("A and B types differ: {} and {}", a.dtype(), b.dtype())));
+        }
+        let (m, n, k) = self.dims(a.shape(), b.shape())?;
+        let c = opt(inputs, 2);
+        if let Some(c) = c {
+            if c.dtype() != a.dtype() {
+                return Err(op_error(format!("C type {} differs from A type {}", c.dtype(), a.dtype())));
+            }
+            Self::check_c(c.shape(), m, n)?;
+        }
+        let a_rs_cs = if self.trans_a { (1, m) } else { (k, 1) };
+        let b_rs_cs = if self.trans_b { (1, k) } else { (n, 1) };
+        let use_c = c.is_some() && self.beta != 0.0;
+        let out = match (a.data(), b.data()) {
+            (Data::F32(x), Data::F32(y)) => {
+                let mut dst = match c.filter(|_| use_c) {
+                    Some(c) => broadcast_c(c.f32s()?, c.shape(), m, n, |v| v * self.beta),
+                    None => vec![0.0f32; m * n],
+                };
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    self.alpha,
+                    MatRef { data: x, rs: a_rs_cs.0, cs: a_rs_cs.1 },
+                    MatRef { data: y, rs: b_rs_cs.0, cs: b_rs_cs.1 },
+                    use_c,
+                    &mut dst,
+                    n,
+                    true,
+                );
+                Tensor::from_float(a.dtype(), vec![m, n], dst)
+            }
+            (Data::I64(x), Data::I64(y)) => {
+                let mut prod = vec![0i64; m * n];
+                igemm(m, n, k, x, a_rs_cs.0, a_rs_cs.1, y, b_rs_cs.0, b_rs_cs.1, &mut prod);
+                // ONNX integer Gemm: alpha and beta are floats; scale in f64
+                // and truncate, as ONNX Runtime does for integer types.
+                let (alpha, beta) = (self.alpha as f64, self.beta as f64);
+                let cfull = match c.filter(|_| use_c) {
+                    Some(c) => broadcast_c(c.i64s()?, c.shape(), m, n, |v| v),
+                    None => vec![0; m * n],
+                };
+                let out: Vec<i64> = prod
+                    .iter()
+                    .zip(&cfull)
+                    .map(|(&p, &cv)| {
+                        if alpha == 1.0 && (beta == 1.0 || !use_c) {
+                            p.wrapping_add(cv)
+                        } else {
+                            (alpha * p as f64 + beta * cv as f64) as i64
+                        }
+                    })
+                    .collect();
+                Tensor::from_int(a.dtype(), vec![m, n], out)
+            }
+            _ => return Err(op_error(format!("unsupported input types {} and {}", a.dtype(), b.dtype()))),
+        };
+        Ok(vec![out])
+    }
+
+    fn macs(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> u64 {
+        match (opt(inputs, 0), opt(inputs, 1)) {
+            (Some(a), Some(b)) => match self.dims(&a.shape, &b.shape) {
+                Ok((m, n, k)) => (m as u64).saturating_mul(n as u64).saturating_mul(k as u64),
+                Err(_) => 0,
+            },
+            _ => 0,
+        }
+    }
+}
+
+/// The resolved geometry of a numpy matmul.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatMulPlan {
+    /// Rows of each product.
+    pub m: usize,
+    /// Columns of each product.
+    pub n: usize,
+    /// Inner size.
+    pub k: usize,
+    /// Broadcast batch shape.
+    pub batch: Vec<usize>,
+    /// Output shape (after removing the dims of promoted 1-D operands).
+    pub out_shape: Vec<usize>,
+    /// Batch strides of A (0 on broadcast dims), in elements.
+    a_bstrides: Vec<usize>,
+    /// Batch strides of B (0 on broadcast dims), in elements.
+    b_bstrides: Vec<usize>,
+}
+
+impl MatMulPlan {
+    /// Plans `A @ B` for the given shapes.
+    pub fn new(a: &[usize], b: &[usize]) -> Result<MatMulPlan> {
+        if a.is_empty() || b.is_empty() {
+            return Err(op_error(format!("MatMul operands must have rank >= 1, got shapes {a:?} and {b:?}")));
+        }
+        let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
+        let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+        let (ra, rb) = (a2.len(), b2.len());
+        let (m, k) = (a2[ra - 2], a2[ra - 1]);
+        let (kb, n) = (b2[rb - 2], b2[rb - 1]);
+        if k != kb {
+            return Err(op_error(format!("inner dimensions differ: A {a:?} has K={k}, B {b:?} has K={kb}")));
+        }
+        let (ab, bb) = (&a2[..ra - 2], &b2[..rb - 2]);
+        let batch = broadcast_shapes(&[ab, bb])?;
+        let bstrides = |s: &[usize], full: &[usize]| -> Vec<usize> {
+            let st = strides(full);
+            let off = batch.len() - s.len();
+            (0..batch.len()).map(|i| if i < off || s[i - off] == 1 { 0 } else { st[i - off] }).collect()
+        };
+        let a_bstrides = bstrides(ab, &a2);
+        let b_bstrides = bstrides(bb, &b2);
+        let mut out_shape = batch.clone();
+        if a.len() > 1 {
+            out_shape.push(m);
+        }
+        if b.len() > 1 {
+            out_shape.push(n);
+        }
+        checked_numel(&out_shape)?;
+        Ok(MatMulPlan { m, n, k, batch, out_shape, a_bstrides, b_bstrides })
+    }
+
+    /// Number of products.
+    pub fn batch_count(&self) -> usize {
+        self.batch.iter().product()
+    }
+
+    /// Element offsets of A and B for each batch index.
+    fn offsets(&self) -> Vec<(usize, usize)> {
+        let count = self.batch_count();
+        let rank = self.batch.len();
+        let mut idx = vec![0usize; rank];
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let oa = idx.iter().zip(&self.a_bstrides).map(|(i, s)| i * s).sum();
+            let ob = idx.iter().zip(&self.b_bstrides).map(|(i, s)| i * s).sum();
+            out.push((oa, ob));
+            for ax in (0..rank).rev() {
+                idx[ax] += 1;
+                if idx[ax] < self.batch[ax] {
+                    break;
+                }
+                idx[ax] = 0;
+            }
+        }
+        out
+    }
+
+    /// True when B is the same matrix for every batch index.
+    fn b_shared(&self) -> bool {
+        self.b_bstrides.iter().all(|&s| s == 0)
+    }
+    /// True when A's batches are laid out contiguously in output order.
+    fn a_dense(&self) -> bool {
+        let st = strides(&self.batch);
+        self.a_bstrides.iter().zip(&st).zip(&self.batch).all(|((&a, &s), &d)| d == 1 || a == s * self.m * self.k)
+    }
+
+    /// Computes the f32 product.
+    pub fn run_f32(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let count = self.batch_count();
+        let mut out = vec![0.0f32; count * m * n];
+        if out.is_empty() {
+            return out;
+        }
+        if self.b_shared() && self.a_dense() {
+            // One tall GEMM: [count*M, K] x [K, N].
+            sgemm(count * m, n, k, 1.0, MatRef::row_major(a, k), MatRef::row_major(b, n), false, &mut out, n, true);
+            return out;
+        }
+        let offs = self.offsets();
+        let per = m * n * k;
+        let threads = rayon::current_num_threads();
+        let one = |(o, &(oa, ob)): (&mut [f32], &(usize, usize)), par: bool| {
+            sgemm(m, n, k, 1.0, MatRef::row_major(&a[oa..], k), MatRef::row_major(&b[ob..], n), false, o, n, par);
+        };
+        if count >= threads && count > 1 && count.saturating_mul(per) >= GEMM_PAR_MACS {
+            out.par_chunks_mut(m * n).zip(offs.par_iter()).for_each(|x| one(x, false));
+        } else {
+            out.chunks_mut(m * n).zip(offs.iter()).for_each(|x| one(x, true));
+        }
+        out
+    }
+
+    /// Computes the integer product (wrapping).
+    pub fn run_i64(&self, a: &[i64], b: &[i64]) -> Vec<i64> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let mut out = vec![0i64; self.batch_count() * m * n];
+        if out.is_empty() {
+            return out;
+        }
+        for (o, (oa, ob)) in out.chunks_mut(m * n).zip(self.offsets()) {
+            igemm(m, n, k, &a[oa..], k, 1, &b[ob..], n, 1, o);
+        }
+        out
+    }
+}
+
+impl Op for MatMul {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (a, b) = (fact(inputs, 0)?, fact(inputs, 1)?);
+        check_computable(a.dtype)?;
+        if a.dtype != b.dtype {
+            return Err(op_error(format!("input types differ: {} and {}", a.dtype, b.dtype)));
+        }
+        let plan = MatMulPlan::new(&a.shape, &b.shape)?;
+        Ok(vec![Fact::new(a.dtype, plan.out_shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
+        if a.dtype() != b.dtype() {
+            return Err(op_error(format!("input types differ: {} and {}", a.dtype(), b.dtype())));
+        }
+        let plan = MatMulPlan::new(a.shape(), b.shape())?;
+        let out = match (a.data(), b.data()) {
+            (Data::F32(x), Data::F32(y)) => Tensor::from_float(a.dtype(), plan.out_shape.clone(), plan.run_f32(x, y)),
+            (Data::I64(x), Data::I64(y)) => Tensor::from_int(a.dtype(), plan.out_shape.clone(), plan.run_i64(x, y)),
+            _ => return Err(op_error(format!("unsupported input types {} and {}", a.dtype(), b.dtype()))),
+        };
+        Ok(vec![out])
+    }
+
+    fn macs(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> u64 {
+        match (opt(inputs, 0), opt(inputs, 1)) {
+            (Some(a), Some(b)) => match MatMulPlan::new(&a.shape, &b.shape) {
+                Ok(p) => [p.batch_count(), p.m, p.n, p.k].iter().fold(1u64, |acc, &x| acc.saturating_mul(x as u64)),
+                Err(_) => 0,
+            },
+            _ => 0,
+        }
+    }
 }

@@ -1,0 +1,211 @@
+//! The `potatura` binary as a user meets it: commands, and bad input that
+//! must give a clear error and exit code 2, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+fn fx(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+fn example(name: &str) -> PathBuf {
+    root().join("examples/mnist").join(name)
+}
+
+fn potatura(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_potatura")).args(args).output().expect("run potatura")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("potatura-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Asserts a failure with exit code 2, no panic, and a message containing every needle.
+fn assert_fails(out: &Output, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.starts_with("potatura: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "missing {n:?} in: {err}");
+    }
+    err
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn inspect_prints_a_table_and_json() {
+    let m = example("mnist_cnn.onnx");
+    let text = stdout(&potatura(&["inspect", p(&m)]));
+    assert!(text.contains("Conv") && text.contains("total:"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&["inspect", p(&m), "--json"]))).unwrap();
+    assert!(json["params"].as_u64().unwrap() > 200_000);
+    assert!(json["macs"].as_u64().unwrap() > 10_000_000);
+    assert!(json["nodes"].as_array().unwrap().iter().any(|n| n["op"] == "BatchNormalization"));
+    // --input-shape on the dynamic batch dim scales the MACs.
+    let j8: serde_json::Value =
+        serde_json::from_str(&stdout(&potatura(&["inspect", p(&m), "--json", "--input-shape", "input=8,1,28,28"]))).unwrap();
+    assert_eq!(j8["macs"].as_u64().unwrap(), 8 * json["macs"].as_u64().unwrap());
+}
+
+#[test]
+fn run_writes_every_output_as_npy() {
+    let dir = tmp("run");
+    let out = potatura(&[
+        "run",
+        p(&fx("mnist_cnn.onnx")),
+        "--input",
+        &format!("input={}", p(&fx("mnist_cnn.input.npy"))),
+        "--output-dir",
+        p(&dir),
+    ]);
+    stdout(&out);
+    let y = potatura::data::npy::read(&dir.join("logits.npy")).unwrap();
+    assert_eq!(y.shape(), &[8, 10]);
+    let want = potatura::data::npy::read(&fx("mnist_cnn.output.npy")).unwrap();
+    let (a, b) = (y.f32s().unwrap(), want.f32s().unwrap());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn eval_reports_accuracy_and_agreement() {
+    let out = potatura(&[
+        "eval",
+        p(&example("mnist_cnn.onnx")),
+        "--data",
+        p(&example("t10k-images-5k-idx3-ubyte.gz")),
+        "--labels",
+        p(&example("t10k-labels-5k-idx1-ubyte.gz")),
+        "--reference",
+        p(&example("mnist_cnn.onnx")),
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(j["samples"], 5000);
+    assert!(j["accuracy"].as_f64().unwrap() > 0.98);
+    assert_eq!(j["agreement"].as_f64().unwrap(), 1.0);
+    assert!(j["relative_error"].as_f64().unwrap() < 1e-6);
+}
+
+#[test]
+fn not_onnx_and_truncated_files_are_refused() {
+    let dir = tmp("bad");
+    let junk = dir.join("junk.onnx");
+    std::fs::write(&junk, b"this is certainly not a protobuf model \xff\xff\xff\xff").unwrap();
+    assert_fails(&potatura(&["inspect", p(&junk)]), &["junk.onnx", "not a valid ONNX model"]);
+    let bytes = std::fs::read(fx("resnet_mini.onnx")).unwrap();
+    let cut = dir.join("cut.onnx");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(&potatura(&["inspect", p(&cut)]), &["cut.onnx"]);
+    let missing = dir.join("nope.onnx");
+    assert_fails(&potatura(&["inspect", p(&missing)]), &["nope.onnx"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_external_data_names_the_file() {
+    let dir = tmp("ext");
+    std::fs::copy(fx("external_data.onnx"), dir.join("external_data.onnx")).unwrap();
+    assert_fails(&potatura(&["inspect", p(&dir.join("external_data.onnx"))]), &["external_data.onnx.data", "beside the model"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A hand-encoded model whose only initializer claims 2^40 x 2^40 floats
+/// but carries 4 bytes: must be refused without allocating.
+#[test]
+fn hostile_sizes_do_not_allocate() {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn field(tag: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(tag);
+        varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    let mut tensor = Vec::new();
+    for _ in 0..2 {
+        tensor.push(0x08);
+        varint(1 << 40, &mut tensor);
+    }
+    tensor.extend_from_slice(&[0x10, 0x01]);
+    field(0x42, b"huge", &mut tensor);
+    field(0x4a, &[0, 0, 0, 0], &mut tensor);
+    let mut graph = Vec::new();
+    field(0x2a, &tensor, &mut graph);
+    let mut model = vec![0x08, 0x08];
+    field(0x3a, &graph, &mut model);
+    field(0x42, &[0x10, 17], &mut model);
+    let dir = tmp("hostile");
+    let f = dir.join("hostile.onnx");
+    std::fs::write(&f, &model).unwrap();
+    assert_fails(&potatura(&["inspect", p(&f)]), &["huge"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn wrong_input_data_is_explained() {
+    let dir = tmp("inputs");
+    let model = fx("resnet_mini.onnx");
+    // Wrong shape.
+    let bad_shape = dir.join("shape.npy");
+    potatura::data::npy::write(&bad_shape, &potatura::ir::Tensor::from_f32(vec![1, 3, 16, 16], vec![0.0; 768])).unwrap();
+    let args = |spec: String| vec!["run".to_string(), p(&model).to_string(), "--input".into(), spec, "--output-dir".into(), p(&dir).to_string()];
+    let run = |a: Vec<String>| potatura(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails(&run(args(format!("input={}", p(&bad_shape)))), &["input 'input'", "[1,3,32,32]", "[1, 3, 16, 16]"]);
+    // Wrong dtype.
+    let bad_dtype = dir.join("dtype.npy");
+    potatura::data::npy::write(&bad_dtype, &potatura::ir::Tensor::from_i64(vec![1, 3, 32, 32], vec![0; 3072])).unwrap();
+    assert_fails(&run(args(format!("input={}", p(&bad_dtype)))), &["input 'input'", "f32", "i64"]);
+    // Unknown input name.
+    let good = fx("resnet_mini.input.npy");
+    assert_fails(&run(args(format!("images={}", p(&good)))), &["input 'images'", "no input of that name", "\"input\""]);
+    // Not an npy file.
+    assert_fails(&run(args(format!("input={}", p(&model)))), &["resnet_mini.onnx", ".npy"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unsupported_ops_are_all_listed() {
+    let err = assert_fails(
+        &potatura(&["inspect", p(&fx("unknown_op.onnx"))]),
+        &["unsupported ops (2 node(s))", "mystery_1", "mystery_2", "MysteryOp"],
+    );
+    assert!(err.contains("com.example"), "{err}");
+}
+
+#[test]
+fn dynamic_dims_need_the_input_shape_flag() {
+    let dir = tmp("dyn");
+    let mut m = potatura::onnx::load(&fx("mnist_cnn.onnx")).unwrap();
+    let inp = m.graph.inputs.iter_mut().find(|v| v.name == "input").unwrap();
+    use potatura::ir::Dim;
+    inp.shape = Some(vec![Dim::Sym("batch".into()), Dim::Known(1), Dim::Sym("height".into()), Dim::Sym("width".into())]);
+    let f = dir.join("dyn.onnx");
+    potatura::onnx::save(&m, &f).unwrap();
+    assert_fails(&potatura(&["inspect", p(&f)]), &["input 'input'", "height", "--input-shape input=1,1,N,N"]);
+    let ok = stdout(&potatura(&["inspect", p(&f), "--input-shape", "input=2,1,28,28"]));
+    assert!(ok.contains("total:"));
+    // A value that contradicts a fixed dim is refused.
+    assert_fails(&potatura(&["inspect", p(&f), "--input-shape", "input=1,3,28,28"]), &["fixes it at 1"]);
+    // An unknown input name is refused.
+    assert_fails(&potatura(&["inspect", p(&f), "--input-shape", "x=1,1,28,28"]), &["input 'x'"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

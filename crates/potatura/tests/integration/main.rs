@@ -1,0 +1,6 @@
+//! Integration tests of the library, built as one binary.
+
+mod common;
+mod inspect;
+mod oracle;
+mod roundtrip;
