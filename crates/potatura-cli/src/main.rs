@@ -112,11 +112,34 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Inspect { model, json, shapes } => inspect(&model, json, &shapes),
-        Cmd::Run { model, inputs, output_dir, shapes } => run_model(&model, &inputs, &output_dir, &shapes),
-        Cmd::Eval { model, data, labels, reference, batch, json, shapes } => {
-            eval(&model, &data, labels.as_deref(), reference.as_deref(), batch, json, &shapes)
-        }
+        Cmd::Inspect {
+            model,
+            json,
+            shapes,
+        } => inspect(&model, json, &shapes),
+        Cmd::Run {
+            model,
+            inputs,
+            output_dir,
+            shapes,
+        } => run_model(&model, &inputs, &output_dir, &shapes),
+        Cmd::Eval {
+            model,
+            data,
+            labels,
+            reference,
+            batch,
+            json,
+            shapes,
+        } => eval(
+            &model,
+            &data,
+            labels.as_deref(),
+            reference.as_deref(),
+            batch,
+            json,
+            &shapes,
+        ),
     }
 }
 
@@ -132,7 +155,8 @@ fn human(n: u64) -> String {
 fn inspect(path: &Path, json: bool, shapes: &ShapeArgs) -> Result<ExitCode> {
     let model = load(path)?;
     let inputs = shapes.resolve(&model, path)?;
-    let s = potatura::report::summarize(&model, &inputs).with_context(|| format!("{}", path.display()))?;
+    let s = potatura::report::summarize(&model, &inputs)
+        .with_context(|| format!("{}", path.display()))?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &s)?;
@@ -140,22 +164,63 @@ fn inspect(path: &Path, json: bool, shapes: &ShapeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    writeln!(out, "model: {}  (opset {}, {} nodes, {} bytes)", path.display(), model.opset(), model.graph.nodes.len(), file_size)?;
+    writeln!(
+        out,
+        "model: {}  (opset {}, {} nodes, {} bytes)",
+        path.display(),
+        model.opset(),
+        model.graph.nodes.len(),
+        file_size
+    )?;
     for (name, shape) in &s.inputs {
         writeln!(out, "input: {name} {shape:?}")?;
     }
-    let w = s.nodes.iter().map(|r| r.name.len()).max().unwrap_or(4).clamp(4, 48);
-    writeln!(out, "{:<w$}  {:<20}  {:<22}  {:>10}  {:>12}", "node", "op", "output shape", "params", "MACs")?;
+    let w = s
+        .nodes
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 48);
+    writeln!(
+        out,
+        "{:<w$}  {:<20}  {:<22}  {:>10}  {:>12}",
+        "node", "op", "output shape", "params", "MACs"
+    )?;
     for r in &s.nodes {
-        let shape = r.output_shapes.first().map(|s| format!("{s:?}")).unwrap_or_default();
-        let name: String = if r.name.len() > w { format!("…{}", &r.name[r.name.len() - (w - 1)..]) } else { r.name.clone() };
-        writeln!(out, "{name:<w$}  {:<20}  {shape:<22}  {:>10}  {:>12}", r.op, r.params, r.macs)?;
+        let shape = r
+            .output_shapes
+            .first()
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_default();
+        let name: String = if r.name.len() > w {
+            format!("…{}", &r.name[r.name.len() - (w - 1)..])
+        } else {
+            r.name.clone()
+        };
+        writeln!(
+            out,
+            "{name:<w$}  {:<20}  {shape:<22}  {:>10}  {:>12}",
+            r.op, r.params, r.macs
+        )?;
     }
-    writeln!(out, "total: {} params ({}), {} MACs ({}MACs)", s.params, human(s.params), s.macs, human(s.macs))?;
+    writeln!(
+        out,
+        "total: {} params ({}), {} MACs ({}MACs)",
+        s.params,
+        human(s.params),
+        s.macs,
+        human(s.macs)
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_model(path: &Path, inputs: &[String], out_dir: &Path, shapes: &ShapeArgs) -> Result<ExitCode> {
+fn run_model(
+    path: &Path,
+    inputs: &[String],
+    out_dir: &Path,
+    shapes: &ShapeArgs,
+) -> Result<ExitCode> {
     let model = load(path)?;
     let _ = shapes.resolve(&model, path)?;
     let exec = Executor::new(&model).with_context(|| format!("{}", path.display()))?;
@@ -167,12 +232,20 @@ fn run_model(path: &Path, inputs: &[String], out_dir: &Path, shapes: &ShapeArgs)
         let t = potatura::data::npy::read(Path::new(file))?;
         feeds.push((name.to_string(), t));
     }
-    let outs = exec.run(feeds).with_context(|| format!("running {}", path.display()))?;
+    let outs = exec
+        .run(feeds)
+        .with_context(|| format!("running {}", path.display()))?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     for (name, t) in outs {
         let file = out_dir.join(format!("{}.npy", name.replace([':', '/'], "_")));
         potatura::data::npy::write(&file, &t)?;
-        println!("{} {:?} {} -> {}", name, t.shape(), t.dtype(), file.display());
+        println!(
+            "{} {:?} {} -> {}",
+            name,
+            t.shape(),
+            t.dtype(),
+            file.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -200,7 +273,8 @@ fn eval(
     let x = potatura::data::load_tensor(data)?;
     let batch = fixed_batch(&exec).unwrap_or(batch);
     let t0 = std::time::Instant::now();
-    let pred = potatura::eval::predict(&exec, &x, batch).with_context(|| format!("running {}", path.display()))?;
+    let pred = potatura::eval::predict(&exec, &x, batch)
+        .with_context(|| format!("running {}", path.display()))?;
     let secs = t0.elapsed().as_secs_f64();
     let labels = labels.map(potatura::data::load_tensor).transpose()?;
     let label_vals = labels.as_ref().map(|l| l.to_i64_vec());
@@ -208,7 +282,11 @@ fn eval(
         Some(r) => {
             let rm = load(r)?;
             let re = Executor::new(&rm).with_context(|| format!("{}", r.display()))?;
-            Some(potatura::eval::predict(&re, &x, fixed_batch(&re).unwrap_or(batch))?)
+            Some(potatura::eval::predict(
+                &re,
+                &x,
+                fixed_batch(&re).unwrap_or(batch),
+            )?)
         }
         None => None,
     };
@@ -217,12 +295,21 @@ fn eval(
         println!("{}", serde_json::to_string_pretty(&rep)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}: {} samples in {:.2} s ({:.0} samples/s)", path.display(), rep.samples, secs, rep.samples as f64 / secs);
+    println!(
+        "{}: {} samples in {:.2} s ({:.0} samples/s)",
+        path.display(),
+        rep.samples,
+        secs,
+        rep.samples as f64 / secs
+    );
     if let Some(a) = rep.accuracy {
         println!("top-1 accuracy: {:.2}%", a * 100.0);
     }
     if let (Some(a), Some(kl), Some(re)) = (rep.agreement, rep.mean_kl, rep.relative_error) {
-        println!("top-1 agreement with reference: {:.2}%  mean KL: {kl:.3e}  relative error: {re:.3e}", a * 100.0);
+        println!(
+            "top-1 agreement with reference: {:.2}%  mean KL: {kl:.3e}  relative error: {re:.3e}",
+            a * 100.0
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,10 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn potatura(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_potatura")).args(args).output().expect("run potatura")
+    Command::new(env!("CARGO_BIN_EXE_potatura"))
+        .args(args)
+        .output()
+        .expect("run potatura")
 }
 
 fn p(path: &Path) -> &str {
@@ -41,7 +44,11 @@ fn assert_fails(out: &Output, needles: &[&str]) -> String {
 }
 
 fn stdout(out: &Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -50,14 +57,28 @@ fn inspect_prints_a_table_and_json() {
     let m = example("mnist_cnn.onnx");
     let text = stdout(&potatura(&["inspect", p(&m)]));
     assert!(text.contains("Conv") && text.contains("total:"), "{text}");
-    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&["inspect", p(&m), "--json"]))).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&potatura(&["inspect", p(&m), "--json"]))).unwrap();
     assert!(json["params"].as_u64().unwrap() > 200_000);
     assert!(json["macs"].as_u64().unwrap() > 10_000_000);
-    assert!(json["nodes"].as_array().unwrap().iter().any(|n| n["op"] == "BatchNormalization"));
+    assert!(json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["op"] == "BatchNormalization"));
     // --input-shape on the dynamic batch dim scales the MACs.
-    let j8: serde_json::Value =
-        serde_json::from_str(&stdout(&potatura(&["inspect", p(&m), "--json", "--input-shape", "input=8,1,28,28"]))).unwrap();
-    assert_eq!(j8["macs"].as_u64().unwrap(), 8 * json["macs"].as_u64().unwrap());
+    let j8: serde_json::Value = serde_json::from_str(&stdout(&potatura(&[
+        "inspect",
+        p(&m),
+        "--json",
+        "--input-shape",
+        "input=8,1,28,28",
+    ])))
+    .unwrap();
+    assert_eq!(
+        j8["macs"].as_u64().unwrap(),
+        8 * json["macs"].as_u64().unwrap()
+    );
 }
 
 #[test]
@@ -105,8 +126,15 @@ fn eval_reports_accuracy_and_agreement() {
 fn not_onnx_and_truncated_files_are_refused() {
     let dir = tmp("bad");
     let junk = dir.join("junk.onnx");
-    std::fs::write(&junk, b"this is certainly not a protobuf model \xff\xff\xff\xff").unwrap();
-    assert_fails(&potatura(&["inspect", p(&junk)]), &["junk.onnx", "not a valid ONNX model"]);
+    std::fs::write(
+        &junk,
+        b"this is certainly not a protobuf model \xff\xff\xff\xff",
+    )
+    .unwrap();
+    assert_fails(
+        &potatura(&["inspect", p(&junk)]),
+        &["junk.onnx", "not a valid ONNX model"],
+    );
     let bytes = std::fs::read(fx("resnet_mini.onnx")).unwrap();
     let cut = dir.join("cut.onnx");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
@@ -120,7 +148,10 @@ fn not_onnx_and_truncated_files_are_refused() {
 fn missing_external_data_names_the_file() {
     let dir = tmp("ext");
     std::fs::copy(fx("external_data.onnx"), dir.join("external_data.onnx")).unwrap();
-    assert_fails(&potatura(&["inspect", p(&dir.join("external_data.onnx"))]), &["external_data.onnx.data", "beside the model"]);
+    assert_fails(
+        &potatura(&["inspect", p(&dir.join("external_data.onnx"))]),
+        &["external_data.onnx.data", "beside the model"],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -166,19 +197,48 @@ fn wrong_input_data_is_explained() {
     let model = fx("resnet_mini.onnx");
     // Wrong shape.
     let bad_shape = dir.join("shape.npy");
-    potatura::data::npy::write(&bad_shape, &potatura::ir::Tensor::from_f32(vec![1, 3, 16, 16], vec![0.0; 768])).unwrap();
-    let args = |spec: String| vec!["run".to_string(), p(&model).to_string(), "--input".into(), spec, "--output-dir".into(), p(&dir).to_string()];
+    potatura::data::npy::write(
+        &bad_shape,
+        &potatura::ir::Tensor::from_f32(vec![1, 3, 16, 16], vec![0.0; 768]),
+    )
+    .unwrap();
+    let args = |spec: String| {
+        vec![
+            "run".to_string(),
+            p(&model).to_string(),
+            "--input".into(),
+            spec,
+            "--output-dir".into(),
+            p(&dir).to_string(),
+        ]
+    };
     let run = |a: Vec<String>| potatura(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_fails(&run(args(format!("input={}", p(&bad_shape)))), &["input 'input'", "[1,3,32,32]", "[1, 3, 16, 16]"]);
+    assert_fails(
+        &run(args(format!("input={}", p(&bad_shape)))),
+        &["input 'input'", "[1,3,32,32]", "[1, 3, 16, 16]"],
+    );
     // Wrong dtype.
     let bad_dtype = dir.join("dtype.npy");
-    potatura::data::npy::write(&bad_dtype, &potatura::ir::Tensor::from_i64(vec![1, 3, 32, 32], vec![0; 3072])).unwrap();
-    assert_fails(&run(args(format!("input={}", p(&bad_dtype)))), &["input 'input'", "f32", "i64"]);
+    potatura::data::npy::write(
+        &bad_dtype,
+        &potatura::ir::Tensor::from_i64(vec![1, 3, 32, 32], vec![0; 3072]),
+    )
+    .unwrap();
+    assert_fails(
+        &run(args(format!("input={}", p(&bad_dtype)))),
+        &["input 'input'", "f32", "i64"],
+    );
     // Unknown input name.
     let good = fx("resnet_mini.input.npy");
-    assert_fails(&run(args(format!("images={}", p(&good)))), &["input 'images'", "no input of that name", "\"input\""]);
+    assert_fails(
+        &run(args(format!("images={}", p(&good)))),
+        &["input 'images'", "no input of that name", "\"input\""],
+    );
     // Not an npy file.
-    assert_fails(&run(args(format!("input={}", p(&model)))), &["resnet_mini.onnx", ".npy"]);
+    assert_fails(
+        &run(args(format!("input={}", p(&model)))),
+        &["resnet_mini.onnx", ".npy"],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -186,7 +246,12 @@ fn wrong_input_data_is_explained() {
 fn unsupported_ops_are_all_listed() {
     let err = assert_fails(
         &potatura(&["inspect", p(&fx("unknown_op.onnx"))]),
-        &["unsupported ops (2 node(s))", "mystery_1", "mystery_2", "MysteryOp"],
+        &[
+            "unsupported ops (2 node(s))",
+            "mystery_1",
+            "mystery_2",
+            "MysteryOp",
+        ],
     );
     assert!(err.contains("com.example"), "{err}");
 }
@@ -195,17 +260,41 @@ fn unsupported_ops_are_all_listed() {
 fn dynamic_dims_need_the_input_shape_flag() {
     let dir = tmp("dyn");
     let mut m = potatura::onnx::load(&fx("mnist_cnn.onnx")).unwrap();
-    let inp = m.graph.inputs.iter_mut().find(|v| v.name == "input").unwrap();
+    let inp = m
+        .graph
+        .inputs
+        .iter_mut()
+        .find(|v| v.name == "input")
+        .unwrap();
     use potatura::ir::Dim;
-    inp.shape = Some(vec![Dim::Sym("batch".into()), Dim::Known(1), Dim::Sym("height".into()), Dim::Sym("width".into())]);
+    inp.shape = Some(vec![
+        Dim::Sym("batch".into()),
+        Dim::Known(1),
+        Dim::Sym("height".into()),
+        Dim::Sym("width".into()),
+    ]);
     let f = dir.join("dyn.onnx");
     potatura::onnx::save(&m, &f).unwrap();
-    assert_fails(&potatura(&["inspect", p(&f)]), &["input 'input'", "height", "--input-shape input=1,1,N,N"]);
-    let ok = stdout(&potatura(&["inspect", p(&f), "--input-shape", "input=2,1,28,28"]));
+    assert_fails(
+        &potatura(&["inspect", p(&f)]),
+        &["input 'input'", "height", "--input-shape input=1,1,N,N"],
+    );
+    let ok = stdout(&potatura(&[
+        "inspect",
+        p(&f),
+        "--input-shape",
+        "input=2,1,28,28",
+    ]));
     assert!(ok.contains("total:"));
     // A value that contradicts a fixed dim is refused.
-    assert_fails(&potatura(&["inspect", p(&f), "--input-shape", "input=1,3,28,28"]), &["fixes it at 1"]);
+    assert_fails(
+        &potatura(&["inspect", p(&f), "--input-shape", "input=1,3,28,28"]),
+        &["fixes it at 1"],
+    );
     // An unknown input name is refused.
-    assert_fails(&potatura(&["inspect", p(&f), "--input-shape", "x=1,1,28,28"]), &["input 'x'"]);
+    assert_fails(
+        &potatura(&["inspect", p(&f), "--input-shape", "x=1,1,28,28"]),
+        &["input 'x'"],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

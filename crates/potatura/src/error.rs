@@ -11,15 +11,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (shown in the message, not chained).
+        error: std::io::Error,
     },
     /// The bytes are not a valid ONNX model (or are truncated).
-    #[error("{path}: not a valid ONNX model ({detail}); check that the file is a complete .onnx export")]
+    #[error(
+        "{path}: not a valid ONNX model ({detail}); check that the file is a complete .onnx export"
+    )]
     NotOnnx {
         /// The file involved.
         path: PathBuf,

@@ -12,13 +12,20 @@ use crate::ir::Tensor;
 /// IDX images become f32 `[N, 1, rows, cols]` = pixel/255; IDX label files
 /// (1-D) become i64 `[N]`.
 pub fn load_tensor(path: &Path) -> Result<Tensor> {
-    let name = path.file_name().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     if name.ends_with(".npy") {
         return npy::read(path);
     }
     if name.contains("idx") || name.ends_with(".gz") || name.contains("ubyte") {
         let (dims, _) = idx::read_u8(path)?;
-        return if dims.len() == 1 { idx::read_labels(path) } else { idx::read_images(path) };
+        return if dims.len() == 1 {
+            idx::read_labels(path)
+        } else {
+            idx::read_images(path)
+        };
     }
     Err(Error::Data {
         path: path.to_path_buf(),

@@ -7,20 +7,29 @@ use crate::error::{Error, Result};
 use crate::ir::{DType, Tensor};
 
 fn err(path: &Path, detail: impl Into<String>) -> Error {
-    Error::Data { path: path.to_path_buf(), detail: detail.into() }
+    Error::Data {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
 }
 
 /// Reads a `.npy` file into a tensor (f16/f64 become f32 storage with their
 /// dtype kept; every integer type is held as i64).
 pub fn read(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        error: e,
+    })?;
     parse(&bytes, path)
 }
 
 /// Parses `.npy` bytes; `path` is used in messages.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Tensor> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(err(path, "not a .npy file (missing the \\x93NUMPY magic); save arrays with numpy.save"));
+        return Err(err(
+            path,
+            "not a .npy file (missing the \\x93NUMPY magic); save arrays with numpy.save",
+        ));
     }
     let major = bytes[6];
     let (hlen, hstart) = match major {
@@ -29,27 +38,41 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Tensor> {
             if bytes.len() < 12 {
                 return Err(err(path, "truncated .npy header"));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(err(path, format!("unsupported .npy format version {v}"))),
     };
     let header = bytes
         .get(hstart..hstart.saturating_add(hlen))
         .ok_or_else(|| err(path, "truncated .npy header"))?;
-    let header = std::str::from_utf8(header).map_err(|_| err(path, "the .npy header is not text"))?;
-    let descr = dict_value(header, "descr").ok_or_else(|| err(path, format!("no 'descr' in .npy header {header:?}")))?;
+    let header =
+        std::str::from_utf8(header).map_err(|_| err(path, "the .npy header is not text"))?;
+    let descr = dict_value(header, "descr")
+        .ok_or_else(|| err(path, format!("no 'descr' in .npy header {header:?}")))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let fortran = dict_value(header, "fortran_order").map(|v| v.starts_with("True")).unwrap_or(false);
+    let fortran = dict_value(header, "fortran_order")
+        .map(|v| v.starts_with("True"))
+        .unwrap_or(false);
     if fortran {
-        return Err(err(path, "Fortran-order arrays are not supported; save with numpy.ascontiguousarray"));
+        return Err(err(
+            path,
+            "Fortran-order arrays are not supported; save with numpy.ascontiguousarray",
+        ));
     }
-    let shape_s = dict_value(header, "shape").ok_or_else(|| err(path, "no 'shape' in .npy header"))?;
+    let shape_s =
+        dict_value(header, "shape").ok_or_else(|| err(path, "no 'shape' in .npy header"))?;
     let shape: Vec<usize> = shape_s
         .trim_matches(|c| c == '(' || c == ')')
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| err(path, format!("bad shape {shape_s} in .npy header"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| err(path, format!("bad shape {shape_s} in .npy header")))
+        })
         .collect::<Result<_>>()?;
     let (dtype, size, big) = parse_descr(descr).ok_or_else(|| {
         err(path, format!("unsupported .npy dtype '{descr}' (supported: float16/32/64, int8/16/32/64, uint8/16/32/64, bool)"))
@@ -57,18 +80,32 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Tensor> {
     if big {
         return Err(err(path, format!("big-endian dtype '{descr}' is not supported; convert with arr.astype(arr.dtype.newbyteorder('<'))")));
     }
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| err(path, "shape overflows"))?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| err(path, "shape overflows"))?;
     let body = &bytes[hstart + hlen..];
     if n.checked_mul(size).map(|b| b != body.len()).unwrap_or(true) {
-        return Err(err(path, format!("shape {shape:?} of {descr} needs {} bytes, the file holds {}", n.saturating_mul(size), body.len())));
+        return Err(err(
+            path,
+            format!(
+                "shape {shape:?} of {descr} needs {} bytes, the file holds {}",
+                n.saturating_mul(size),
+                body.len()
+            ),
+        ));
     }
-    crate::ir::decode_le(&path.display().to_string(), dtype, &shape, body).map_err(|e| err(path, e.to_string()))
+    crate::ir::decode_le(&path.display().to_string(), dtype, &shape, body)
+        .map_err(|e| err(path, e.to_string()))
 }
 
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let k1 = format!("'{key}'");
     let i = header.find(&k1)?;
-    let rest = header[i + k1.len()..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = header[i + k1.len()..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
     if rest.starts_with('(') {
         let end = rest.find(')')?;
         Some(&rest[..=end])
@@ -123,11 +160,18 @@ fn descr_of(dt: DType) -> Option<&'static str> {
 
 /// Encodes a tensor as `.npy` bytes (version 1.0), in its logical dtype.
 pub fn to_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let descr = descr_of(t.dtype()).ok_or_else(|| Error::Usage(format!("cannot write dtype {} to .npy", t.dtype())))?;
+    let descr = descr_of(t.dtype())
+        .ok_or_else(|| Error::Usage(format!("cannot write dtype {} to .npy", t.dtype())))?;
     let shape = match t.shape() {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
-        s => format!("({})", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        s => format!(
+            "({})",
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // Pad so that the data starts at a multiple of 64 bytes, newline-terminated.
@@ -158,16 +202,23 @@ mod tests {
         assert_eq!((b.len() - 24) % 64, 0, "data starts 64-byte aligned");
         assert_eq!(parse(&b, Path::new("x.npy")).unwrap(), t);
         let i = Tensor::from_i64(vec![4], vec![1, -2, 3, i64::MAX]);
-        assert_eq!(parse(&to_bytes(&i).unwrap(), Path::new("y.npy")).unwrap(), i);
+        assert_eq!(
+            parse(&to_bytes(&i).unwrap(), Path::new("y.npy")).unwrap(),
+            i
+        );
     }
 
     #[test]
     fn rejects_truncated_and_garbage() {
         let t = Tensor::from_f32(vec![2, 2], vec![1.0; 4]);
         let b = to_bytes(&t).unwrap();
-        let e = parse(&b[..b.len() - 3], Path::new("t.npy")).unwrap_err().to_string();
+        let e = parse(&b[..b.len() - 3], Path::new("t.npy"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("t.npy") && e.contains("bytes"), "{e}");
-        let e = parse(b"hello world, not numpy", Path::new("g.npy")).unwrap_err().to_string();
+        let e = parse(b"hello world, not numpy", Path::new("g.npy"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a .npy"), "{e}");
     }
 }

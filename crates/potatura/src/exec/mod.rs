@@ -64,7 +64,11 @@ pub(crate) fn build_ops(model: &Model) -> Result<Vec<Box<dyn Op>>> {
         .graph
         .nodes
         .iter()
-        .map(|n| ops::build(n, opset).and_then(|o| o.ok_or_else(|| node_error(n, "not supported".into()))).map_err(|e| wrap(n, e, &[])))
+        .map(|n| {
+            ops::build(n, opset)
+                .and_then(|o| o.ok_or_else(|| node_error(n, "not supported".into())))
+                .map_err(|e| wrap(n, e, &[]))
+        })
         .collect()
 }
 
@@ -76,7 +80,11 @@ fn node_error(n: &Node, detail: String) -> Error {
 fn wrap(n: &Node, e: Error, shapes: &[String]) -> Error {
     match e {
         Error::Usage(msg) => {
-            let detail = if shapes.is_empty() { msg } else { format!("{msg} (inputs: {})", shapes.join(", ")) };
+            let detail = if shapes.is_empty() {
+                msg
+            } else {
+                format!("{msg} (inputs: {})", shapes.join(", "))
+            };
             node_error(n, detail)
         }
         other => other,
@@ -130,13 +138,25 @@ impl Executor {
         for &i in &order {
             let n = &g.nodes[i];
             let op = ops[i].take().expect("each node planned once");
-            let ins: Vec<Option<usize>> =
-                n.inputs.iter().map(|s| if s.is_empty() { None } else { Some(slot(s, &mut consts)) }).collect();
+            let ins: Vec<Option<usize>> = n
+                .inputs
+                .iter()
+                .map(|s| {
+                    if s.is_empty() {
+                        None
+                    } else {
+                        Some(slot(s, &mut consts))
+                    }
+                })
+                .collect();
             let outs: Vec<usize> = n.outputs.iter().map(|s| slot(s, &mut consts)).collect();
             // Fold nodes whose inputs are all constants.
             let foldable = ins.iter().flatten().all(|&s| consts[s].is_some());
             if foldable {
-                let args: Vec<Option<&Tensor>> = ins.iter().map(|s| s.map(|s| consts[s].as_deref().unwrap())).collect();
+                let args: Vec<Option<&Tensor>> = ins
+                    .iter()
+                    .map(|s| s.map(|s| consts[s].as_deref().unwrap()))
+                    .collect();
                 let shapes: Vec<String> = args.iter().map(|t| describe(*t)).collect();
                 let res = op.eval(&args).map_err(|e| wrap(n, e, &shapes))?;
                 for (o, t) in outs.iter().zip(res) {
@@ -144,16 +164,27 @@ impl Executor {
                 }
                 continue;
             }
-            steps.push(Step { label: n.label(), op_type: n.op_type.clone(), op, inputs: ins, outputs: outs, out_names: n.outputs.clone(), frees: Vec::new() });
+            steps.push(Step {
+                label: n.label(),
+                op_type: n.op_type.clone(),
+                op,
+                inputs: ins,
+                outputs: outs,
+                out_names: n.outputs.clone(),
+                frees: Vec::new(),
+            });
         }
         let outputs: Vec<(String, usize)> = g
             .outputs
             .iter()
             .map(|o| {
-                slot_of.get(&o.name).map(|&s| (o.name.clone(), s)).ok_or_else(|| Error::InvalidModel {
-                    path: Default::default(),
-                    detail: format!("graph output '{}' is not produced by any node", o.name),
-                })
+                slot_of
+                    .get(&o.name)
+                    .map(|&s| (o.name.clone(), s))
+                    .ok_or_else(|| Error::InvalidModel {
+                        path: Default::default(),
+                        detail: format!("graph output '{}' is not produced by any node", o.name),
+                    })
             })
             .collect::<Result<_>>()?;
         // Free each computed slot after its last reader, unless it is an output.
@@ -172,7 +203,13 @@ impl Executor {
                 steps[*si].frees.push(s);
             }
         }
-        Ok(Executor { steps, consts, inputs, outputs, n_slots })
+        Ok(Executor {
+            steps,
+            consts,
+            inputs,
+            outputs,
+            n_slots,
+        })
     }
 
     /// The inputs to feed.
@@ -190,17 +227,28 @@ impl Executor {
         if t.dtype() != spec.dtype {
             return Err(Error::Input {
                 name: spec.name.clone(),
-                detail: format!("the model expects {} but the data is {}", spec.dtype, t.dtype()),
+                detail: format!(
+                    "the model expects {} but the data is {}",
+                    spec.dtype,
+                    t.dtype()
+                ),
             });
         }
         if let Some(dims) = &spec.shape {
             let fits = dims.len() == t.rank()
-                && dims.iter().zip(t.shape()).all(|(d, &g)| !matches!(d, Dim::Known(k) if *k != g));
+                && dims
+                    .iter()
+                    .zip(t.shape())
+                    .all(|(d, &g)| !matches!(d, Dim::Known(k) if *k != g));
             if !fits {
                 let want: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
                 return Err(Error::Input {
                     name: spec.name.clone(),
-                    detail: format!("the model expects shape [{}] but the data has shape {:?}", want.join(","), t.shape()),
+                    detail: format!(
+                        "the model expects shape [{}] but the data has shape {:?}",
+                        want.join(","),
+                        t.shape()
+                    ),
                 });
             }
         }
@@ -222,18 +270,28 @@ impl Executor {
     ) -> Result<Vec<(String, Tensor)>> {
         let mut vals: Vec<Option<Arc<Tensor>>> = vec![None; self.n_slots];
         for (name, t) in feeds {
-            let spec = self.inputs.iter().find(|s| s.name == name).ok_or_else(|| Error::Input {
-                name: name.clone(),
-                detail: format!(
-                    "the model has no input of that name; its inputs are {:?}",
-                    self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
-                ),
-            })?;
+            let spec = self
+                .inputs
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| Error::Input {
+                    name: name.clone(),
+                    detail: format!(
+                        "the model has no input of that name; its inputs are {:?}",
+                        self.inputs
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                    ),
+                })?;
             Self::check_input(spec, &t)?;
             vals[spec.slot] = Some(Arc::new(t));
         }
         if let Some(missing) = self.inputs.iter().find(|s| vals[s.slot].is_none()) {
-            return Err(Error::Input { name: missing.name.clone(), detail: "no data given for this input".into() });
+            return Err(Error::Input {
+                name: missing.name.clone(),
+                detail: "no data given for this input".into(),
+            });
         }
         for st in &self.steps {
             let args: Vec<Option<&Tensor>> = st
@@ -245,12 +303,24 @@ impl Executor {
             let res = st.op.eval(&args).map_err(|e| match e {
                 Error::Usage(msg) => {
                     let shapes: Vec<String> = args.iter().map(|t| describe(*t)).collect();
-                    Error::op(&st.label, &st.op_type, format!("{msg} (inputs: {})", shapes.join(", ")))
+                    Error::op(
+                        &st.label,
+                        &st.op_type,
+                        format!("{msg} (inputs: {})", shapes.join(", ")),
+                    )
                 }
                 other => other,
             })?;
             if res.len() < st.outputs.len() {
-                return Err(Error::op(&st.label, &st.op_type, format!("produced {} outputs, expected {}", res.len(), st.outputs.len())));
+                return Err(Error::op(
+                    &st.label,
+                    &st.op_type,
+                    format!(
+                        "produced {} outputs, expected {}",
+                        res.len(),
+                        st.outputs.len()
+                    ),
+                ));
             }
             for ((o, name), t) in st.outputs.iter().zip(&st.out_names).zip(res) {
                 observe(name, &t);
@@ -263,11 +333,17 @@ impl Executor {
         self.outputs
             .iter()
             .map(|(name, s)| {
-                let t = vals[*s].clone().or_else(|| self.consts[*s].clone()).ok_or_else(|| Error::InvalidModel {
-                    path: Default::default(),
-                    detail: format!("graph output '{name}' was not computed"),
-                })?;
-                Ok((name.clone(), Arc::try_unwrap(t).unwrap_or_else(|a| (*a).clone())))
+                let t = vals[*s]
+                    .clone()
+                    .or_else(|| self.consts[*s].clone())
+                    .ok_or_else(|| Error::InvalidModel {
+                        path: Default::default(),
+                        detail: format!("graph output '{name}' was not computed"),
+                    })?;
+                Ok((
+                    name.clone(),
+                    Arc::try_unwrap(t).unwrap_or_else(|a| (*a).clone()),
+                ))
             })
             .collect()
     }
@@ -311,13 +387,35 @@ pub fn infer_shapes(model: &Model, inputs: &[InputShape]) -> Result<ShapeInfo> {
         let ins: Vec<Option<&Fact>> = n
             .inputs
             .iter()
-            .map(|s| if s.is_empty() { Ok(None) } else { facts.get(s).map(Some).ok_or_else(|| node_error(n, format!("input '{s}' has no known shape"))) })
+            .map(|s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    facts
+                        .get(s)
+                        .map(Some)
+                        .ok_or_else(|| node_error(n, format!("input '{s}' has no known shape")))
+                }
+            })
             .collect::<Result<_>>()?;
-        let shapes: Vec<String> = ins.iter().map(|f| f.map(|f| format!("{}{:?}", f.dtype, f.shape)).unwrap_or("-".into())).collect();
+        let shapes: Vec<String> = ins
+            .iter()
+            .map(|f| {
+                f.map(|f| format!("{}{:?}", f.dtype, f.shape))
+                    .unwrap_or("-".into())
+            })
+            .collect();
         let all_const = ins.iter().flatten().all(|f| f.value.is_some());
         let outs: Vec<Fact> = if all_const {
-            let args: Vec<Option<&Tensor>> = ins.iter().map(|f| f.map(|f| f.value.as_deref().unwrap())).collect();
-            op.eval(&args).map_err(|e| wrap(n, e, &shapes))?.into_iter().map(Fact::known).collect()
+            let args: Vec<Option<&Tensor>> = ins
+                .iter()
+                .map(|f| f.map(|f| f.value.as_deref().unwrap()))
+                .collect();
+            op.eval(&args)
+                .map_err(|e| wrap(n, e, &shapes))?
+                .into_iter()
+                .map(Fact::known)
+                .collect()
         } else {
             op.infer(&ins).map_err(|e| wrap(n, e, &shapes))?
         };
@@ -327,7 +425,16 @@ pub fn infer_shapes(model: &Model, inputs: &[InputShape]) -> Result<ShapeInfo> {
                 facts.insert(name.clone(), f.clone());
             }
         }
-        nodes[i] = Some(NodeInfo { outputs: outs, macs });
+        nodes[i] = Some(NodeInfo {
+            outputs: outs,
+            macs,
+        });
     }
-    Ok(ShapeInfo { nodes: nodes.into_iter().map(|n| n.expect("every node inferred")).collect(), facts })
+    Ok(ShapeInfo {
+        nodes: nodes
+            .into_iter()
+            .map(|n| n.expect("every node inferred"))
+            .collect(),
+        facts,
+    })
 }

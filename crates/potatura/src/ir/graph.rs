@@ -51,7 +51,12 @@ pub struct ValueInfo {
 impl ValueInfo {
     /// A new tensor value declaration.
     pub fn new(name: &str, dtype: DType, shape: Vec<Dim>) -> ValueInfo {
-        ValueInfo { name: name.to_string(), dtype: Some(dtype), shape: Some(shape), rest: Opaque::default() }
+        ValueInfo {
+            name: name.to_string(),
+            dtype: Some(dtype),
+            shape: Some(shape),
+            rest: Opaque::default(),
+        }
     }
 }
 
@@ -92,7 +97,14 @@ impl ConstTensor {
         encoding: Encoding,
         rest: Opaque,
     ) -> ConstTensor {
-        ConstTensor { name, dtype, dims, raw, encoding, rest }
+        ConstTensor {
+            name,
+            dtype,
+            dims,
+            raw,
+            encoding,
+            rest,
+        }
     }
 
     /// A new constant from a runtime tensor (stored as `raw_data`).
@@ -147,7 +159,10 @@ impl ConstTensor {
 
 /// Decodes little-endian element bytes into a runtime tensor.
 pub(crate) fn decode_le(name: &str, dtype: DType, dims: &[usize], raw: &[u8]) -> Result<Tensor> {
-    let bad = |d: String| Error::BadTensor { tensor: name.to_string(), detail: d };
+    let bad = |d: String| Error::BadTensor {
+        tensor: name.to_string(),
+        detail: d,
+    };
     let size = dtype
         .size_of()
         .ok_or_else(|| bad(format!("dtype {dtype} cannot be computed with")))?;
@@ -165,26 +180,39 @@ pub(crate) fn decode_le(name: &str, dtype: DType, dims: &[usize], raw: &[u8]) ->
             Tensor::from_int(
                 dtype,
                 shape,
-                raw.chunks_exact(size).map(|c| <$t>::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+                raw.chunks_exact(size)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()) as i64)
+                    .collect(),
             )
         };
     }
     Ok(match dtype {
-        DType::F32 => Tensor::from_f32(shape, raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+        DType::F32 => Tensor::from_f32(
+            shape,
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ),
         DType::F16 => Tensor::from_float(
             dtype,
             shape,
-            raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            raw.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
         ),
         DType::BF16 => Tensor::from_float(
             dtype,
             shape,
-            raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            raw.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
         ),
         DType::F64 => Tensor::from_float(
             dtype,
             shape,
-            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            raw.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
         ),
         DType::Bool => Tensor::from_bool(shape, raw.iter().map(|&b| b != 0).collect()),
         DType::U8 => ints!(u8),
@@ -195,7 +223,9 @@ pub(crate) fn decode_le(name: &str, dtype: DType, dims: &[usize], raw: &[u8]) ->
         DType::U32 => ints!(u32),
         DType::I64 => ints!(i64),
         DType::U64 => ints!(u64),
-        DType::String | DType::Other(_) => return Err(bad(format!("dtype {dtype} cannot be computed with"))),
+        DType::String | DType::Other(_) => {
+            return Err(bad(format!("dtype {dtype} cannot be computed with")))
+        }
     })
 }
 
@@ -203,20 +233,44 @@ pub(crate) fn decode_le(name: &str, dtype: DType, dims: &[usize], raw: &[u8]) ->
 pub(crate) fn encode_le(dtype: DType, data: &Data) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() * dtype.size_of().unwrap_or(0));
     match (dtype, data) {
-        (DType::F32, Data::F32(v)) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        (DType::F16, Data::F32(v)) => v.iter().for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
-        (DType::BF16, Data::F32(v)) => v.iter().for_each(|x| out.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())),
-        (DType::F64, Data::F32(v)) => v.iter().for_each(|x| out.extend_from_slice(&(*x as f64).to_le_bytes())),
+        (DType::F32, Data::F32(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        (DType::F16, Data::F32(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
+        (DType::BF16, Data::F32(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())),
+        (DType::F64, Data::F32(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as f64).to_le_bytes())),
         (DType::Bool, Data::Bool(v)) => v.iter().for_each(|x| out.push(*x as u8)),
         (DType::U8, Data::I64(v)) => v.iter().for_each(|x| out.push(*x as u8)),
         (DType::I8, Data::I64(v)) => v.iter().for_each(|x| out.push(*x as i8 as u8)),
-        (DType::U16, Data::I64(v)) => v.iter().for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes())),
-        (DType::I16, Data::I64(v)) => v.iter().for_each(|x| out.extend_from_slice(&(*x as i16).to_le_bytes())),
-        (DType::I32, Data::I64(v)) => v.iter().for_each(|x| out.extend_from_slice(&(*x as i32).to_le_bytes())),
-        (DType::U32, Data::I64(v)) => v.iter().for_each(|x| out.extend_from_slice(&(*x as u32).to_le_bytes())),
-        (DType::I64, Data::I64(v)) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        (DType::U64, Data::I64(v)) => v.iter().for_each(|x| out.extend_from_slice(&(*x as u64).to_le_bytes())),
-        _ => return Err(Error::Usage(format!("internal: cannot encode {dtype} from its storage"))),
+        (DType::U16, Data::I64(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes())),
+        (DType::I16, Data::I64(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as i16).to_le_bytes())),
+        (DType::I32, Data::I64(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as i32).to_le_bytes())),
+        (DType::U32, Data::I64(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as u32).to_le_bytes())),
+        (DType::I64, Data::I64(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        (DType::U64, Data::I64(v)) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as u64).to_le_bytes())),
+        _ => {
+            return Err(Error::Usage(format!(
+                "internal: cannot encode {dtype} from its storage"
+            )))
+        }
     }
     Ok(out)
 }
@@ -256,7 +310,11 @@ pub struct Attribute {
 impl Attribute {
     /// A new attribute.
     pub fn new(name: &str, value: AttrValue) -> Attribute {
-        Attribute { name: name.to_string(), value, rest: Opaque::default() }
+        Attribute {
+            name: name.to_string(),
+            value,
+            rest: Opaque::default(),
+        }
     }
 }
 
@@ -280,7 +338,13 @@ pub struct Node {
 
 impl Node {
     /// A new node in the default domain.
-    pub fn new(name: &str, op_type: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<Attribute>) -> Node {
+    pub fn new(
+        name: &str,
+        op_type: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<Attribute>,
+    ) -> Node {
         Node {
             name: name.to_string(),
             op_type: op_type.to_string(),
@@ -295,7 +359,11 @@ impl Node {
     /// A name for messages: the node name, or `op_type(first output)` when unnamed.
     pub fn label(&self) -> String {
         if self.name.is_empty() {
-            format!("{}({})", self.op_type, self.outputs.first().map(String::as_str).unwrap_or(""))
+            format!(
+                "{}({})",
+                self.op_type,
+                self.outputs.first().map(String::as_str).unwrap_or("")
+            )
         } else {
             self.name.clone()
         }
@@ -312,7 +380,11 @@ impl Node {
     }
 
     fn attr_err(&self, name: &str, want: &str) -> Error {
-        Error::op(&self.label(), &self.op_type, format!("attribute '{name}' should be {want}"))
+        Error::op(
+            &self.label(),
+            &self.op_type,
+            format!("attribute '{name}' should be {want}"),
+        )
     }
 
     /// INT attribute, or `default` when absent.
@@ -368,7 +440,10 @@ impl Node {
 
     /// Input `i` if present and not omitted.
     pub fn input(&self, i: usize) -> Option<&str> {
-        self.inputs.get(i).map(String::as_str).filter(|s| !s.is_empty())
+        self.inputs
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -420,7 +495,10 @@ impl Graph {
     /// Inputs that must be fed (declared inputs that are not initializers).
     pub fn real_inputs(&self) -> Vec<&ValueInfo> {
         let inits = self.initializer_names();
-        self.inputs.iter().filter(|v| !inits.contains(v.name.as_str())).collect()
+        self.inputs
+            .iter()
+            .filter(|v| !inits.contains(v.name.as_str()))
+            .collect()
     }
 
     /// The initializer called `name`.
@@ -462,7 +540,9 @@ impl Graph {
         }
         self.nodes
             .iter()
-            .find(|n| n.op_type == "Constant" && n.outputs.first().map(String::as_str) == Some(name))
+            .find(|n| {
+                n.op_type == "Constant" && n.outputs.first().map(String::as_str) == Some(name)
+            })
             .and_then(|n| n.attr_tensor("value").ok().flatten())
     }
 
@@ -498,7 +578,8 @@ impl Graph {
                 }
             }
         }
-        let mut ready: std::collections::VecDeque<usize> = (0..self.nodes.len()).filter(|&i| indeg[i] == 0).collect();
+        let mut ready: std::collections::VecDeque<usize> =
+            (0..self.nodes.len()).filter(|&i| indeg[i] == 0).collect();
         let mut order = Vec::with_capacity(self.nodes.len());
         while let Some(i) = ready.pop_front() {
             order.push(i);
@@ -510,7 +591,11 @@ impl Graph {
             }
         }
         if order.len() != self.nodes.len() {
-            let stuck: Vec<String> = (0..self.nodes.len()).filter(|&i| indeg[i] > 0).take(5).map(|i| self.nodes[i].label()).collect();
+            let stuck: Vec<String> = (0..self.nodes.len())
+                .filter(|&i| indeg[i] > 0)
+                .take(5)
+                .map(|i| self.nodes[i].label())
+                .collect();
             return Err(Error::InvalidModel {
                 path: Default::default(),
                 detail: format!("the graph has a cycle through nodes {stuck:?}"),
@@ -522,7 +607,10 @@ impl Graph {
     /// Structural checks: unique producers, every input provided, every
     /// graph output produced, no cycle.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |detail: String| Error::InvalidModel { path: Default::default(), detail };
+        let invalid = |detail: String| Error::InvalidModel {
+            path: Default::default(),
+            detail,
+        };
         let mut defined: HashSet<&str> = HashSet::new();
         for v in &self.inputs {
             defined.insert(v.name.as_str());
@@ -533,17 +621,25 @@ impl Graph {
         for n in &self.nodes {
             for o in n.outputs.iter().filter(|o| !o.is_empty()) {
                 if !defined.insert(o.as_str()) && self.initializer(o).is_none() {
-                    return Err(invalid(format!("tensor '{o}' is produced twice (again by node '{}')", n.label())));
+                    return Err(invalid(format!(
+                        "tensor '{o}' is produced twice (again by node '{}')",
+                        n.label()
+                    )));
                 }
             }
         }
         for o in &self.outputs {
             if !defined.contains(o.name.as_str()) {
-                return Err(invalid(format!("graph output '{}' is not produced by any node", o.name)));
+                return Err(invalid(format!(
+                    "graph output '{}' is not produced by any node",
+                    o.name
+                )));
             }
         }
         for t in &self.initializers {
-            if t.dtype().size_of().is_some() && t.raw().len() != t.numel() * t.dtype().size_of().unwrap() {
+            if t.dtype().size_of().is_some()
+                && t.raw().len() != t.numel() * t.dtype().size_of().unwrap()
+            {
                 return Err(invalid(format!(
                     "initializer '{}' has {} bytes for shape {:?} of {}",
                     t.name,

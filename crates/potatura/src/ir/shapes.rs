@@ -39,7 +39,10 @@ impl InputShape {
 /// Concrete shapes for every real graph input. A symbolic first dim
 /// defaults to 1 (the batch); any other unresolved dim needs an override.
 /// Overrides must name real inputs and agree with fixed dims.
-pub fn resolve_input_shapes(model: &Model, overrides: &[(String, Vec<usize>)]) -> Result<Vec<InputShape>> {
+pub fn resolve_input_shapes(
+    model: &Model,
+    overrides: &[(String, Vec<usize>)],
+) -> Result<Vec<InputShape>> {
     let inputs = model.graph.real_inputs();
     for (name, _) in overrides {
         if !inputs.iter().any(|v| &v.name == name) {
@@ -127,11 +130,18 @@ pub fn resolve_input_shapes(model: &Model, overrides: &[(String, Vec<usize>)]) -
                 dims
             }
         };
-        out.push(InputShape { name: v.name.clone(), dtype, shape });
+        out.push(InputShape {
+            name: v.name.clone(),
+            dtype,
+            shape,
+        });
     }
     Ok(out)
 }
 
 fn fmt_dims(d: &[Dim]) -> String {
-    d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+    d.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

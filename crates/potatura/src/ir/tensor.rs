@@ -58,7 +58,9 @@ impl Tensor {
     pub fn new(dtype: DType, shape: Vec<usize>, data: Data) -> Result<Tensor> {
         let ok_storage = matches!(
             (dtype.storage(), &data),
-            (Storage::Float, Data::F32(_)) | (Storage::Int, Data::I64(_)) | (Storage::Bool, Data::Bool(_))
+            (Storage::Float, Data::F32(_))
+                | (Storage::Int, Data::I64(_))
+                | (Storage::Bool, Data::Bool(_))
         );
         if !ok_storage {
             return Err(Error::Usage(format!(
@@ -78,34 +80,69 @@ impl Tensor {
 
     /// An f32 tensor. Panics if the length does not match (caller bug).
     pub fn from_f32(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
-        assert_eq!(numel(&shape), v.len(), "shape {shape:?} vs {} values", v.len());
-        Tensor { dtype: DType::F32, shape, data: Data::F32(v) }
+        assert_eq!(
+            numel(&shape),
+            v.len(),
+            "shape {shape:?} vs {} values",
+            v.len()
+        );
+        Tensor {
+            dtype: DType::F32,
+            shape,
+            data: Data::F32(v),
+        }
     }
 
     /// An i64 tensor. Panics if the length does not match (caller bug).
     pub fn from_i64(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
-        assert_eq!(numel(&shape), v.len(), "shape {shape:?} vs {} values", v.len());
-        Tensor { dtype: DType::I64, shape, data: Data::I64(v) }
+        assert_eq!(
+            numel(&shape),
+            v.len(),
+            "shape {shape:?} vs {} values",
+            v.len()
+        );
+        Tensor {
+            dtype: DType::I64,
+            shape,
+            data: Data::I64(v),
+        }
     }
 
     /// A bool tensor. Panics if the length does not match (caller bug).
     pub fn from_bool(shape: Vec<usize>, v: Vec<bool>) -> Tensor {
-        assert_eq!(numel(&shape), v.len(), "shape {shape:?} vs {} values", v.len());
-        Tensor { dtype: DType::Bool, shape, data: Data::Bool(v) }
+        assert_eq!(
+            numel(&shape),
+            v.len(),
+            "shape {shape:?} vs {} values",
+            v.len()
+        );
+        Tensor {
+            dtype: DType::Bool,
+            shape,
+            data: Data::Bool(v),
+        }
     }
 
     /// An integer tensor of a given integer dtype (values held as i64).
     pub fn from_int(dtype: DType, shape: Vec<usize>, v: Vec<i64>) -> Tensor {
         assert_eq!(dtype.storage(), Storage::Int);
         assert_eq!(numel(&shape), v.len());
-        Tensor { dtype, shape, data: Data::I64(v) }
+        Tensor {
+            dtype,
+            shape,
+            data: Data::I64(v),
+        }
     }
 
     /// A float tensor of a given float dtype (values held as f32).
     pub fn from_float(dtype: DType, shape: Vec<usize>, v: Vec<f32>) -> Tensor {
         assert_eq!(dtype.storage(), Storage::Float);
         assert_eq!(numel(&shape), v.len());
-        Tensor { dtype, shape, data: Data::F32(v) }
+        Tensor {
+            dtype,
+            shape,
+            data: Data::F32(v),
+        }
     }
 
     /// A tensor of zeros.
@@ -152,7 +189,10 @@ impl Tensor {
     pub fn f32s(&self) -> Result<&[f32]> {
         match &self.data {
             Data::F32(v) => Ok(v),
-            _ => Err(Error::Usage(format!("expected a float tensor, got {}", self.dtype))),
+            _ => Err(Error::Usage(format!(
+                "expected a float tensor, got {}",
+                self.dtype
+            ))),
         }
     }
     /// Mutable f32 values.
@@ -167,14 +207,20 @@ impl Tensor {
     pub fn i64s(&self) -> Result<&[i64]> {
         match &self.data {
             Data::I64(v) => Ok(v),
-            _ => Err(Error::Usage(format!("expected an integer tensor, got {}", self.dtype))),
+            _ => Err(Error::Usage(format!(
+                "expected an integer tensor, got {}",
+                self.dtype
+            ))),
         }
     }
     /// Bool values.
     pub fn bools(&self) -> Result<&[bool]> {
         match &self.data {
             Data::Bool(v) => Ok(v),
-            _ => Err(Error::Usage(format!("expected a bool tensor, got {}", self.dtype))),
+            _ => Err(Error::Usage(format!(
+                "expected a bool tensor, got {}",
+                self.dtype
+            ))),
         }
     }
 

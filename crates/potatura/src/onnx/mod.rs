@@ -29,14 +29,20 @@ const MAX_MODEL_BYTES: u64 = 2 << 30;
 /// Loads an ONNX model from a file. External data is read relative to the
 /// model's folder.
 pub fn load(path: &Path) -> Result<Model> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        error: e,
+    })?;
     if meta.len() > MAX_MODEL_BYTES {
         return Err(Error::NotOnnx {
             path: path.to_path_buf(),
             detail: format!("file is {} bytes, over protobuf's 2 GiB limit", meta.len()),
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        error: e,
+    })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     load_bytes(&bytes, Some(&base), path)
 }
@@ -44,16 +50,31 @@ pub fn load(path: &Path) -> Result<Model> {
 /// Loads a model from bytes. `base_dir` is where external data lives
 /// (`None` refuses external data); `path` is used in messages.
 pub fn load_bytes(bytes: &[u8], base_dir: Option<&Path>, path: &Path) -> Result<Model> {
-    let not_onnx = |detail: String| Error::NotOnnx { path: path.to_path_buf(), detail };
+    let not_onnx = |detail: String| Error::NotOnnx {
+        path: path.to_path_buf(),
+        detail,
+    };
     let mut mp = proto::ModelProto::decode(bytes).map_err(|e| not_onnx(e.to_string()))?;
-    let graph = mp.graph.take().ok_or_else(|| not_onnx("the model has no graph".into()))?;
+    let graph = mp
+        .graph
+        .take()
+        .ok_or_else(|| not_onnx("the model has no graph".into()))?;
     if mp.ir_version.is_none() && mp.opset_import.is_empty() && graph.node.is_empty() {
         return Err(not_onnx("no ir_version, opset or nodes found".into()));
     }
     let opsets = parse_opsets(&mp.opset_import);
-    let mut ctx = LoadCtx { base_dir: base_dir.map(Path::to_path_buf), path: path.to_path_buf(), files: HashMap::new() };
+    let mut ctx = LoadCtx {
+        base_dir: base_dir.map(Path::to_path_buf),
+        path: path.to_path_buf(),
+        files: HashMap::new(),
+    };
     let graph = graph_from_proto(graph, &mut ctx)?;
-    Ok(Model { graph, opsets, rest: Opaque(mp.encode_to_vec()), base_dir: base_dir.map(Path::to_path_buf) })
+    Ok(Model {
+        graph,
+        opsets,
+        rest: Opaque(mp.encode_to_vec()),
+        base_dir: base_dir.map(Path::to_path_buf),
+    })
 }
 
 /// Serialises a model. Tensors stored externally keep their references;
@@ -67,8 +88,20 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
 /// file the model was loaded from is never overwritten.
 pub fn save(model: &Model, path: &Path) -> Result<()> {
     let out_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let out_dir_abs = std::fs::canonicalize(if out_dir.as_os_str().is_empty() { Path::new(".") } else { &out_dir }).ok();
-    let base_abs = model.base_dir.as_ref().and_then(|b| std::fs::canonicalize(if b.as_os_str().is_empty() { Path::new(".") } else { b }).ok());
+    let out_dir_abs = std::fs::canonicalize(if out_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &out_dir
+    })
+    .ok();
+    let base_abs = model.base_dir.as_ref().and_then(|b| {
+        std::fs::canonicalize(if b.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            b
+        })
+        .ok()
+    });
     let same_dir = out_dir_abs.is_some() && out_dir_abs == base_abs;
     // Gather external tensors by location.
     let mut by_loc: HashMap<String, Vec<&ConstTensor>> = HashMap::new();
@@ -77,11 +110,18 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
             by_loc.entry(location.clone()).or_default().push(t);
         }
     }
-    let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+    let file_name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model.onnx".into());
     let mut remap = HashMap::new();
     for (i, loc) in by_loc.keys().enumerate() {
         let new_loc = if same_dir {
-            if by_loc.len() == 1 { format!("{file_name}.data") } else { format!("{file_name}.{i}.data") }
+            if by_loc.len() == 1 {
+                format!("{file_name}.data")
+            } else {
+                format!("{file_name}.{i}.data")
+            }
         } else {
             loc.clone()
         };
@@ -116,11 +156,19 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
 
 /// Writes bytes to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let io = |e| Error::Io {
+        path: path.to_path_buf(),
+        error: e,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let res = (|| {
@@ -167,19 +215,40 @@ struct LoadCtx {
 }
 
 fn parse_opsets(v: &[proto::OperatorSetIdProto]) -> Vec<(String, i64)> {
-    v.iter().map(|o| (o.domain.clone().unwrap_or_default(), o.version.unwrap_or(0))).collect()
+    v.iter()
+        .map(|o| (o.domain.clone().unwrap_or_default(), o.version.unwrap_or(0)))
+        .collect()
 }
 
 fn graph_from_proto(mut g: proto::GraphProto, ctx: &mut LoadCtx) -> Result<Graph> {
-    let nodes = std::mem::take(&mut g.node).into_iter().map(|n| node_from_proto(n, ctx)).collect::<Result<_>>()?;
+    let nodes = std::mem::take(&mut g.node)
+        .into_iter()
+        .map(|n| node_from_proto(n, ctx))
+        .collect::<Result<_>>()?;
     let initializers = std::mem::take(&mut g.initializer)
         .into_iter()
         .map(|t| tensor_from_proto(t, ctx))
         .collect::<Result<_>>()?;
-    let inputs = std::mem::take(&mut g.input).into_iter().map(value_info_from_proto).collect();
-    let outputs = std::mem::take(&mut g.output).into_iter().map(value_info_from_proto).collect();
-    let value_info = std::mem::take(&mut g.value_info).into_iter().map(value_info_from_proto).collect();
-    Ok(Graph { nodes, initializers, inputs, outputs, value_info, rest: Opaque(g.encode_to_vec()) })
+    let inputs = std::mem::take(&mut g.input)
+        .into_iter()
+        .map(value_info_from_proto)
+        .collect();
+    let outputs = std::mem::take(&mut g.output)
+        .into_iter()
+        .map(value_info_from_proto)
+        .collect();
+    let value_info = std::mem::take(&mut g.value_info)
+        .into_iter()
+        .map(value_info_from_proto)
+        .collect();
+    Ok(Graph {
+        nodes,
+        initializers,
+        inputs,
+        outputs,
+        value_info,
+        rest: Opaque(g.encode_to_vec()),
+    })
 }
 
 fn node_from_proto(mut n: proto::NodeProto, ctx: &mut LoadCtx) -> Result<Node> {
@@ -227,18 +296,29 @@ fn attr_from_proto(mut a: proto::AttributeProto, ctx: &mut LoadCtx) -> Result<At
         Some(AT::Float) if a.f.is_some() => AttrValue::Float(a.f.take().unwrap()),
         Some(AT::Int) if a.i.is_some() => AttrValue::Int(a.i.take().unwrap()),
         Some(AT::String) if a.s.is_some() => AttrValue::String(a.s.take().unwrap()),
-        Some(AT::Tensor) if a.t.is_some() => AttrValue::Tensor(tensor_from_proto(a.t.take().unwrap(), ctx)?),
+        Some(AT::Tensor) if a.t.is_some() => {
+            AttrValue::Tensor(tensor_from_proto(a.t.take().unwrap(), ctx)?)
+        }
         Some(AT::Floats) => AttrValue::Floats(std::mem::take(&mut a.floats)),
         Some(AT::Ints) => AttrValue::Ints(std::mem::take(&mut a.ints)),
         Some(AT::Strings) => AttrValue::Strings(std::mem::take(&mut a.strings)),
         _ => AttrValue::Other,
     };
-    Ok(Attribute { name, value, rest: Opaque(a.encode_to_vec()) })
+    Ok(Attribute {
+        name,
+        value,
+        rest: Opaque(a.encode_to_vec()),
+    })
 }
 
 fn value_info_from_proto(v: proto::ValueInfoProto) -> ValueInfo {
     let (dtype, shape) = parse_type(v.r#type.as_ref());
-    ValueInfo { name: v.name.clone().unwrap_or_default(), dtype, shape, rest: Opaque(v.encode_to_vec()) }
+    ValueInfo {
+        name: v.name.clone().unwrap_or_default(),
+        dtype,
+        shape,
+        rest: Opaque(v.encode_to_vec()),
+    }
 }
 
 fn parse_type(t: Option<&proto::TypeProto>) -> (Option<DType>, Option<Vec<Dim>>) {
@@ -264,14 +344,19 @@ fn parse_type(t: Option<&proto::TypeProto>) -> (Option<DType>, Option<Vec<Dim>>)
 }
 
 fn checked_dims(name: &str, dims: &[i64]) -> Result<Vec<usize>> {
-    let bad = |d: String| Error::BadTensor { tensor: name.to_string(), detail: d };
+    let bad = |d: String| Error::BadTensor {
+        tensor: name.to_string(),
+        detail: d,
+    };
     let mut n: usize = 1;
     let mut out = Vec::with_capacity(dims.len());
     for &d in dims {
         if d < 0 {
             return Err(bad(format!("negative dimension in {dims:?}")));
         }
-        n = n.checked_mul(d as usize).ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+        n = n
+            .checked_mul(d as usize)
+            .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
         out.push(d as usize);
     }
     Ok(out)
@@ -279,7 +364,10 @@ fn checked_dims(name: &str, dims: &[i64]) -> Result<Vec<usize>> {
 
 fn tensor_from_proto(mut t: proto::TensorProto, ctx: &mut LoadCtx) -> Result<ConstTensor> {
     let name = t.name.clone().unwrap_or_default();
-    let bad = |d: String| Error::BadTensor { tensor: name.clone(), detail: d };
+    let bad = |d: String| Error::BadTensor {
+        tensor: name.clone(),
+        detail: d,
+    };
     let dtype = DType::from_onnx(t.data_type.unwrap_or(0));
     let dims = checked_dims(&name, &t.dims)?;
     let numel: usize = dims.iter().product();
@@ -292,9 +380,15 @@ fn tensor_from_proto(mut t: proto::TensorProto, ctx: &mut LoadCtx) -> Result<Con
             let val = e.value.clone().unwrap_or_default();
             match e.key.as_deref() {
                 Some("location") => location = Some(val),
-                Some("offset") => offset = val.parse().map_err(|_| bad(format!("external data offset '{val}' is not a number")))?,
+                Some("offset") => {
+                    offset = val
+                        .parse()
+                        .map_err(|_| bad(format!("external data offset '{val}' is not a number")))?
+                }
                 Some("length") => {
-                    length = Some(val.parse::<u64>().map_err(|_| bad(format!("external data length '{val}' is not a number")))?)
+                    length = Some(val.parse::<u64>().map_err(|_| {
+                        bad(format!("external data length '{val}' is not a number"))
+                    })?)
                 }
                 _ => {}
             }
@@ -312,7 +406,7 @@ fn tensor_from_proto(mut t: proto::TensorProto, ctx: &mut LoadCtx) -> Result<Con
     };
     if let Some(size) = dtype.size_of() {
         let has_data = !raw.is_empty() || numel == 0 || !matches!(encoding, Encoding::Typed);
-        if has_data && raw.len() != numel.checked_mul(size).unwrap_or(usize::MAX) {
+        if has_data && raw.len() != numel.saturating_mul(size) {
             return Err(bad(format!(
                 "holds {} bytes of data but its shape {dims:?} of {dtype} needs {}; the file is corrupt or truncated",
                 raw.len(),
@@ -323,7 +417,14 @@ fn tensor_from_proto(mut t: proto::TensorProto, ctx: &mut LoadCtx) -> Result<Con
             return Err(bad(format!("shape {dims:?} of {dtype} but no data")));
         }
     }
-    Ok(ConstTensor::from_parts(name, dtype, dims, raw, encoding, Opaque(t.encode_to_vec())))
+    Ok(ConstTensor::from_parts(
+        name,
+        dtype,
+        dims,
+        raw,
+        encoding,
+        Opaque(t.encode_to_vec()),
+    ))
 }
 
 /// Moves the typed repeated field for `dtype` into little-endian bytes.
@@ -331,16 +432,30 @@ fn tensor_from_proto(mut t: proto::TensorProto, ctx: &mut LoadCtx) -> Result<Con
 fn typed_to_raw(dtype: DType, t: &mut proto::TensorProto) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     match dtype {
-        DType::F32 => std::mem::take(&mut t.float_data).iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::F64 => std::mem::take(&mut t.double_data).iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::I64 => std::mem::take(&mut t.int64_data).iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::U64 => std::mem::take(&mut t.uint64_data).iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::U32 => std::mem::take(&mut t.uint64_data).iter().for_each(|x| out.extend_from_slice(&(*x as u32).to_le_bytes())),
-        DType::I32 => std::mem::take(&mut t.int32_data).iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::I16 | DType::U16 | DType::F16 | DType::BF16 => {
-            std::mem::take(&mut t.int32_data).iter().for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes()))
-        }
-        DType::I8 | DType::U8 | DType::Bool => std::mem::take(&mut t.int32_data).iter().for_each(|x| out.push(*x as u8)),
+        DType::F32 => std::mem::take(&mut t.float_data)
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        DType::F64 => std::mem::take(&mut t.double_data)
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        DType::I64 => std::mem::take(&mut t.int64_data)
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        DType::U64 => std::mem::take(&mut t.uint64_data)
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        DType::U32 => std::mem::take(&mut t.uint64_data)
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as u32).to_le_bytes())),
+        DType::I32 => std::mem::take(&mut t.int32_data)
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        DType::I16 | DType::U16 | DType::F16 | DType::BF16 => std::mem::take(&mut t.int32_data)
+            .iter()
+            .for_each(|x| out.extend_from_slice(&(*x as u16).to_le_bytes())),
+        DType::I8 | DType::U8 | DType::Bool => std::mem::take(&mut t.int32_data)
+            .iter()
+            .for_each(|x| out.push(*x as u8)),
         DType::String | DType::Other(_) => return None,
     }
     Some(out)
@@ -349,15 +464,53 @@ fn typed_to_raw(dtype: DType, t: &mut proto::TensorProto) -> Option<Vec<u8>> {
 /// Puts little-endian bytes back into the typed repeated field for `dtype`.
 fn raw_to_typed(dtype: DType, raw: &[u8], t: &mut proto::TensorProto) {
     match dtype {
-        DType::F32 => t.float_data = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        DType::F64 => t.double_data = raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-        DType::I64 => t.int64_data = raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-        DType::U64 => t.uint64_data = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
-        DType::U32 => t.uint64_data = raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as u64).collect(),
-        DType::I32 => t.int32_data = raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect(),
-        DType::I16 => t.int32_data = raw.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i32).collect(),
+        DType::F32 => {
+            t.float_data = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+        DType::F64 => {
+            t.double_data = raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+        DType::I64 => {
+            t.int64_data = raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+        DType::U64 => {
+            t.uint64_data = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+        DType::U32 => {
+            t.uint64_data = raw
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as u64)
+                .collect()
+        }
+        DType::I32 => {
+            t.int32_data = raw
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+        DType::I16 => {
+            t.int32_data = raw
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i32)
+                .collect()
+        }
         DType::U16 | DType::F16 | DType::BF16 => {
-            t.int32_data = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i32).collect()
+            t.int32_data = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i32)
+                .collect()
         }
         DType::I8 => t.int32_data = raw.iter().map(|&b| b as i8 as i32).collect(),
         DType::U8 | DType::Bool => t.int32_data = raw.iter().map(|&b| b as i32).collect(),
@@ -365,11 +518,28 @@ fn raw_to_typed(dtype: DType, raw: &[u8], t: &mut proto::TensorProto) {
     }
 }
 
-fn read_external(ctx: &mut LoadCtx, name: &str, location: &str, offset: u64, length: Option<u64>) -> Result<Vec<u8>> {
-    let bad = |d: String| Error::BadTensor { tensor: name.to_string(), detail: d };
-    let base = ctx.base_dir.clone().ok_or_else(|| bad(format!("stored in external file '{location}', but the model was not loaded from a file")))?;
+fn read_external(
+    ctx: &mut LoadCtx,
+    name: &str,
+    location: &str,
+    offset: u64,
+    length: Option<u64>,
+) -> Result<Vec<u8>> {
+    let bad = |d: String| Error::BadTensor {
+        tensor: name.to_string(),
+        detail: d,
+    };
+    let base = ctx.base_dir.clone().ok_or_else(|| {
+        bad(format!(
+            "stored in external file '{location}', but the model was not loaded from a file"
+        ))
+    })?;
     let rel = Path::new(location);
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(bad(format!(
             "external data location '{location}' escapes the model's folder; refusing to read it (locations must be relative paths inside {})",
             base.display()
@@ -388,7 +558,9 @@ fn read_external(ctx: &mut LoadCtx, name: &str, location: &str, offset: u64, len
     }
     let data = &ctx.files[&file];
     let len = length.unwrap_or((data.len() as u64).saturating_sub(offset));
-    let end = offset.checked_add(len).ok_or_else(|| bad("external data offset + length overflows".into()))?;
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| bad("external data offset + length overflows".into()))?;
     if end > data.len() as u64 {
         return Err(bad(format!(
             "external data range {offset}..{end} is past the end of '{}' ({} bytes); the data file is truncated or does not belong to this model",
@@ -402,7 +574,8 @@ fn read_external(ctx: &mut LoadCtx, name: &str, location: &str, offset: u64, len
 // ----------------------------------------------------------------- saving
 
 fn decode_rest<M: Message + Default>(o: &Opaque) -> Result<M> {
-    M::decode(&o.0[..]).map_err(|e| Error::Usage(format!("internal: kept protobuf fields do not decode: {e}")))
+    M::decode(&o.0[..])
+        .map_err(|e| Error::Usage(format!("internal: kept protobuf fields do not decode: {e}")))
 }
 
 fn set_if_changed(field: &mut Option<String>, value: &str) {
@@ -417,7 +590,10 @@ fn model_to_proto(m: &Model, remap: &HashMap<String, String>) -> Result<proto::M
         mp.opset_import = m
             .opsets
             .iter()
-            .map(|(d, v)| proto::OperatorSetIdProto { domain: Some(d.clone()), version: Some(*v) })
+            .map(|(d, v)| proto::OperatorSetIdProto {
+                domain: Some(d.clone()),
+                version: Some(*v),
+            })
             .collect();
     }
     mp.graph = Some(graph_to_proto(&m.graph, remap)?);
@@ -426,11 +602,31 @@ fn model_to_proto(m: &Model, remap: &HashMap<String, String>) -> Result<proto::M
 
 fn graph_to_proto(g: &Graph, remap: &HashMap<String, String>) -> Result<proto::GraphProto> {
     let mut gp: proto::GraphProto = decode_rest(&g.rest)?;
-    gp.node = g.nodes.iter().map(|n| node_to_proto(n, remap)).collect::<Result<_>>()?;
-    gp.initializer = g.initializers.iter().map(|t| tensor_to_proto(t, remap)).collect::<Result<_>>()?;
-    gp.input = g.inputs.iter().map(value_info_to_proto).collect::<Result<_>>()?;
-    gp.output = g.outputs.iter().map(value_info_to_proto).collect::<Result<_>>()?;
-    gp.value_info = g.value_info.iter().map(value_info_to_proto).collect::<Result<_>>()?;
+    gp.node = g
+        .nodes
+        .iter()
+        .map(|n| node_to_proto(n, remap))
+        .collect::<Result<_>>()?;
+    gp.initializer = g
+        .initializers
+        .iter()
+        .map(|t| tensor_to_proto(t, remap))
+        .collect::<Result<_>>()?;
+    gp.input = g
+        .inputs
+        .iter()
+        .map(value_info_to_proto)
+        .collect::<Result<_>>()?;
+    gp.output = g
+        .outputs
+        .iter()
+        .map(value_info_to_proto)
+        .collect::<Result<_>>()?;
+    gp.value_info = g
+        .value_info
+        .iter()
+        .map(value_info_to_proto)
+        .collect::<Result<_>>()?;
     Ok(gp)
 }
 
@@ -441,7 +637,11 @@ fn node_to_proto(n: &Node, remap: &HashMap<String, String>) -> Result<proto::Nod
     set_if_changed(&mut np.domain, &n.domain);
     np.input = n.inputs.clone();
     np.output = n.outputs.clone();
-    np.attribute = n.attrs.iter().map(|a| attr_to_proto(a, remap)).collect::<Result<_>>()?;
+    np.attribute = n
+        .attrs
+        .iter()
+        .map(|a| attr_to_proto(a, remap))
+        .collect::<Result<_>>()?;
     Ok(np)
 }
 
@@ -537,7 +737,10 @@ fn value_info_to_proto(v: &ValueInfo) -> Result<proto::ValueInfoProto> {
         });
         vp.r#type = Some(proto::TypeProto {
             denotation: None,
-            value: Some(TV::TensorType(TT { elem_type: v.dtype.map(DType::onnx_code), shape })),
+            value: Some(TV::TensorType(TT {
+                elem_type: v.dtype.map(DType::onnx_code),
+                shape,
+            })),
         });
     }
     Ok(vp)

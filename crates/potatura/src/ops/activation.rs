@@ -77,22 +77,39 @@ pub struct Activation {
 pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
     let kind = match node.op_type.as_str() {
         "Relu" => Kind::Relu,
-        "LeakyRelu" => Kind::LeakyRelu { alpha: node.attr_float("alpha", 0.01)? },
+        "LeakyRelu" => Kind::LeakyRelu {
+            alpha: node.attr_float("alpha", 0.01)?,
+        },
         "Sigmoid" => Kind::Sigmoid,
-        "HardSigmoid" => Kind::HardSigmoid { alpha: node.attr_float("alpha", 0.2)?, beta: node.attr_float("beta", 0.5)? },
+        "HardSigmoid" => Kind::HardSigmoid {
+            alpha: node.attr_float("alpha", 0.2)?,
+            beta: node.attr_float("beta", 0.5)?,
+        },
         "HardSwish" => Kind::HardSwish,
         "Tanh" => Kind::Tanh,
         "Erf" => Kind::Erf,
         "Gelu" => match node.attr_string("approximate", "none")?.as_str() {
             "none" => Kind::Gelu { tanh: false },
             "tanh" => Kind::Gelu { tanh: true },
-            o => return Err(op_error(format!("Gelu: unknown approximate '{o}' (expected 'none' or 'tanh')"))),
+            o => {
+                return Err(op_error(format!(
+                    "Gelu: unknown approximate '{o}' (expected 'none' or 'tanh')"
+                )))
+            }
         },
         "Clip" => {
             if opset < 11 {
-                Kind::Clip { min: node.attr_float("min", f32::MIN)?, max: node.attr_float("max", f32::MAX)?, from_inputs: false }
+                Kind::Clip {
+                    min: node.attr_float("min", f32::MIN)?,
+                    max: node.attr_float("max", f32::MAX)?,
+                    from_inputs: false,
+                }
             } else {
-                Kind::Clip { min: f32::MIN, max: f32::MAX, from_inputs: true }
+                Kind::Clip {
+                    min: f32::MIN,
+                    max: f32::MAX,
+                    from_inputs: true,
+                }
             }
         }
         "Sqrt" => Kind::Sqrt,
@@ -127,19 +144,15 @@ pub fn clamp_nan(x: f32, lo: f32, hi: f32) -> f32 {
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = if x < -104.0 {
-        -104.0
-    } else if x > 89.0 {
-        89.0
-    } else {
-        x
-    };
+    let xc = x.clamp(-104.0, 89.0); // keeps NaN
     let t = xc * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
     let e = p * (r * r) + r + 1.0;
     // 2^n as two factors so that n in [-150, 128] never leaves the range.
     let h = ni >> 1;
@@ -159,7 +172,9 @@ pub fn sigmoid_f32(x: f32) -> f32 {
 pub fn tanh_f32(x: f32) -> f32 {
     let ax = x.abs();
     let s = x * x;
-    let small = ((((-5.704_988_7e-3 * s + 2.063_908_9e-2) * s - 5.373_971_6e-2) * s + 1.333_144_2e-1) * s - 3.333_328_2e-1)
+    let small = ((((-5.704_989e-3 * s + 2.063_909e-2) * s - 5.373_971_6e-2) * s + 1.333_144_2e-1)
+        * s
+        - 0.333_332_8)
         * s
         * x
         + x;
@@ -177,10 +192,12 @@ pub fn tanh_f32(x: f32) -> f32 {
 #[inline(always)]
 fn erf_small(x: f32) -> f32 {
     let s = x * x;
-    let p = (((((1.205_533_3e-4 * s - 8.548_327e-4) * s + 5.223_978e-3) * s - 2.686_617_2e-2) * s + 1.128_379_2e-1) * s
+    let p = (((((1.205_533_3e-4 * s - 8.548_327e-4) * s + 5.223_978e-3) * s - 2.686_617_2e-2) * s
+        + 1.128_379_2e-1)
+        * s
         - 3.761_263_8e-1)
         * s
-        + 1.128_379_2;
+        + std::f32::consts::FRAC_2_SQRT_PI;
     x * p
 }
 
@@ -194,7 +211,9 @@ fn erfc_pos(z: f32) -> f32 {
             + t * (0.374_091_96
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
-                        + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_26 + t * 0.170_872_76))))))));
     t * exp_f32(-z * z + p)
 }
 
@@ -257,7 +276,9 @@ pub fn map_f32(t: &Tensor, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tenso
         }
     };
     if x.len() >= PAR_THRESHOLD {
-        v.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, i)| body(o, i));
+        v.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, i)| body(o, i));
     } else {
         body(&mut v, x);
     }
@@ -269,21 +290,30 @@ pub fn map_int(t: &Tensor, f: impl Fn(i64) -> i64 + Sync + Send) -> Result<Tenso
     let x = t.i64s()?;
     let dt = t.dtype();
     let g = |a: i64| wrap_int(dt, f(a));
-    let v: Vec<i64> =
-        if x.len() >= PAR_THRESHOLD { x.par_iter().map(|&a| g(a)).collect() } else { x.iter().map(|&a| g(a)).collect() };
+    let v: Vec<i64> = if x.len() >= PAR_THRESHOLD {
+        x.par_iter().map(|&a| g(a)).collect()
+    } else {
+        x.iter().map(|&a| g(a)).collect()
+    };
     Ok(Tensor::from_int(dt, t.shape().to_vec(), v))
 }
 
 impl Activation {
     fn supports_int(&self) -> bool {
-        matches!(self.kind, Kind::Relu | Kind::Neg | Kind::Abs | Kind::Clip { .. })
+        matches!(
+            self.kind,
+            Kind::Relu | Kind::Neg | Kind::Abs | Kind::Clip { .. }
+        )
     }
 
     fn check_type(&self, dt: DType) -> Result<()> {
         match dt.storage() {
             Storage::Float => Ok(()),
             Storage::Int if self.supports_int() => Ok(()),
-            _ => Err(op_error(format!("{} does not support input type {dt}", self.name()))),
+            _ => Err(op_error(format!(
+                "{} does not support input type {dt}",
+                self.name()
+            ))),
         }
     }
 
@@ -308,14 +338,26 @@ impl Activation {
 
     /// Reads a Clip bound from input `i` (a one-element tensor of the
     /// input's type), if given.
-    fn clip_bound(inputs: &[Option<&Tensor>], i: usize, dt: DType) -> Result<Option<&Tensor>> {
-        let Some(t) = opt(inputs, i) else { return Ok(None) };
+    fn clip_bound<'a>(
+        inputs: &[Option<&'a Tensor>],
+        i: usize,
+        dt: DType,
+    ) -> Result<Option<&'a Tensor>> {
+        let Some(t) = opt(inputs, i) else {
+            return Ok(None);
+        };
         let which = if i == 1 { "min" } else { "max" };
         if t.len() != 1 {
-            return Err(op_error(format!("Clip {which} must be a scalar, got shape {:?}", t.shape())));
+            return Err(op_error(format!(
+                "Clip {which} must be a scalar, got shape {:?}",
+                t.shape()
+            )));
         }
         if t.dtype() != dt {
-            return Err(op_error(format!("Clip {which} has type {} but the input is {dt}", t.dtype())));
+            return Err(op_error(format!(
+                "Clip {which} has type {} but the input is {dt}",
+                t.dtype()
+            )));
         }
         Ok(Some(t))
     }
@@ -325,13 +367,19 @@ impl Activation {
             Kind::Relu => map_f32(x, |a| if a < 0.0 { 0.0 } else { a }),
             Kind::LeakyRelu { alpha } => map_f32(x, |a| if a < 0.0 { a * alpha } else { a }),
             Kind::Sigmoid => map_f32(x, sigmoid_f32),
-            Kind::HardSigmoid { alpha, beta } => map_f32(x, |a| clamp_nan(alpha * a + beta, 0.0, 1.0)),
+            Kind::HardSigmoid { alpha, beta } => {
+                map_f32(x, |a| clamp_nan(alpha * a + beta, 0.0, 1.0))
+            }
             Kind::HardSwish => map_f32(x, |a| a * clamp_nan(a * (1.0 / 6.0) + 0.5, 0.0, 1.0)),
             Kind::Tanh => map_f32(x, tanh_f32),
             Kind::Erf => map_f32(x, erf_f32),
             Kind::Gelu { tanh: false } => map_f32(x, gelu_f32),
             Kind::Gelu { tanh: true } => map_f32(x, gelu_tanh_f32),
-            Kind::Clip { min, max, from_inputs } => {
+            Kind::Clip {
+                min,
+                max,
+                from_inputs,
+            } => {
                 let (mut lo, mut hi) = (min, max);
                 if from_inputs {
                     if let Some(t) = Self::clip_bound(inputs, 1, x.dtype())? {
@@ -368,7 +416,11 @@ impl Activation {
                 }
                 map_int(x, |a| a.max(lo).min(hi))
             }
-            _ => Err(op_error(format!("{} does not support input type {}", self.name(), x.dtype()))),
+            _ => Err(op_error(format!(
+                "{} does not support input type {}",
+                self.name(),
+                x.dtype()
+            ))),
         }
     }
 }
@@ -377,14 +429,23 @@ impl Op for Activation {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let a = fact(inputs, 0)?;
         self.check_type(a.dtype)?;
-        if let Kind::Clip { from_inputs: true, .. } = self.kind {
+        if let Kind::Clip {
+            from_inputs: true, ..
+        } = self.kind
+        {
             for (i, which) in [(1, "min"), (2, "max")] {
                 if let Some(b) = opt(inputs, i) {
                     if b.shape.iter().product::<usize>() != 1 {
-                        return Err(op_error(format!("Clip {which} must be a scalar, got shape {:?}", b.shape)));
+                        return Err(op_error(format!(
+                            "Clip {which} must be a scalar, got shape {:?}",
+                            b.shape
+                        )));
                     }
                     if b.dtype != a.dtype {
-                        return Err(op_error(format!("Clip {which} has type {} but the input is {}", b.dtype, a.dtype)));
+                        return Err(op_error(format!(
+                            "Clip {which} has type {} but the input is {}",
+                            b.dtype, a.dtype
+                        )));
                     }
                 }
             }
@@ -398,8 +459,517 @@ impl Op for Activation {
         let out = match x.data() {
             Data::F32(_) => self.eval_float(x, inputs)?,
             Data::I64(_) => self.eval_int(x, inputs)?,
-            Data::Bool(_) => return Err(op_error(format!("{} does not support input type bool", self.name()))),
+            Data::Bool(_) => {
+                return Err(op_error(format!(
+                    "{} does not support input type bool",
+                    self.name()
+                )))
+            }
         };
         Ok(vec![out])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{AttrValue, Attribute};
+
+    const X: [f32; 16] = [
+        -5.0, -3.5, -2.0, -1.0, -0.7, -0.3, -0.01, 0.0, 0.01, 0.3, 0.7, 1.0, 2.0, 3.5, 5.0, 10.0,
+    ];
+
+    fn node(name: &str, attrs: Vec<Attribute>) -> Node {
+        Node::new("n", name, &["x", "lo", "hi"], &["y"], attrs)
+    }
+
+    fn run_with(
+        name: &str,
+        attrs: Vec<Attribute>,
+        opset: i64,
+        ins: &[Option<&Tensor>],
+    ) -> Result<Tensor> {
+        build(&node(name, attrs), opset)?
+            .eval(ins)
+            .map(|mut v| v.remove(0))
+    }
+
+    fn run(name: &str, attrs: Vec<Attribute>, x: &[f32]) -> Vec<f32> {
+        let t = Tensor::from_f32(vec![x.len()], x.to_vec());
+        run_with(name, attrs, 20, &[Some(&t)])
+            .unwrap()
+            .f32s()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn close(got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+        assert_eq!(got.len(), want.len());
+        for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= atol + rtol * w.abs(),
+                "element {k}: got {g}, want {w}"
+            );
+        }
+    }
+
+    fn fl(name: &str, v: f32) -> Attribute {
+        Attribute::new(name, AttrValue::Float(v))
+    }
+
+    // Reference values from ONNX Runtime 1.23 on X.
+    #[test]
+    fn matches_onnxruntime() {
+        let cases: Vec<(&str, Vec<Attribute>, [f32; 16])> = vec![
+            (
+                "Sigmoid",
+                vec![],
+                [
+                    0.006692916,
+                    0.029312193,
+                    0.11920291,
+                    0.26894143,
+                    0.33181226,
+                    0.4255575,
+                    0.49750003,
+                    0.5,
+                    0.5025,
+                    0.5744425,
+                    0.66818774,
+                    0.7310586,
+                    0.8807971,
+                    0.9706878,
+                    0.9933071,
+                    0.9999546,
+                ],
+            ),
+            (
+                "Tanh",
+                vec![],
+                [
+                    -0.99990916,
+                    -0.99817795,
+                    -0.9640276,
+                    -0.7615942,
+                    -0.6043678,
+                    -0.2913126,
+                    -0.009999665,
+                    0.0,
+                    0.009999665,
+                    0.2913126,
+                    0.6043678,
+                    0.7615942,
+                    0.9640276,
+                    0.99817795,
+                    0.99990916,
+                    1.0,
+                ],
+            ),
+            (
+                "Erf",
+                vec![],
+                [
+                    -1.0,
+                    -0.9999993,
+                    -0.9953223,
+                    -0.8427008,
+                    -0.6778012,
+                    -0.32862678,
+                    -0.011283415,
+                    0.0,
+                    0.011283415,
+                    0.32862678,
+                    0.6778012,
+                    0.8427008,
+                    0.9953223,
+                    0.9999993,
+                    1.0,
+                    1.0,
+                ],
+            ),
+            (
+                "Gelu",
+                vec![],
+                [
+                    -1.4333e-6,
+                    -0.0008142292,
+                    -0.04550028,
+                    -0.15865526,
+                    -0.16937456,
+                    -0.11462658,
+                    -0.004960106,
+                    0.0,
+                    0.005039893,
+                    0.18537344,
+                    0.53062546,
+                    0.8413447,
+                    1.9544997,
+                    3.4991858,
+                    4.9999986,
+                    10.0,
+                ],
+            ),
+            (
+                "Gelu",
+                vec![Attribute::new(
+                    "approximate",
+                    AttrValue::String(b"tanh".to_vec()),
+                )],
+                [
+                    -2.9802322e-7,
+                    -0.0006161481,
+                    -0.045402348,
+                    -0.15880796,
+                    -0.16942984,
+                    -0.11462908,
+                    -0.004960106,
+                    0.0,
+                    0.005039893,
+                    0.18537092,
+                    0.53057015,
+                    0.841192,
+                    1.9545977,
+                    3.4993837,
+                    4.9999995,
+                    10.0,
+                ],
+            ),
+            (
+                "HardSigmoid",
+                vec![],
+                [
+                    0.0,
+                    0.0,
+                    0.099999994,
+                    0.3,
+                    0.36,
+                    0.44,
+                    0.498,
+                    0.5,
+                    0.502,
+                    0.56,
+                    0.64,
+                    0.7,
+                    0.9,
+                    1.0,
+                    1.0,
+                    1.0,
+                ],
+            ),
+            (
+                "HardSigmoid",
+                vec![fl("alpha", 0.3), fl("beta", 0.4)],
+                [
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.099999994,
+                    0.19,
+                    0.31,
+                    0.397,
+                    0.4,
+                    0.403,
+                    0.49,
+                    0.61,
+                    0.70000005,
+                    1.0,
+                    1.0,
+                    1.0,
+                    1.0,
+                ],
+            ),
+            (
+                "HardSwish",
+                vec![],
+                [
+                    -0.0,
+                    -0.0,
+                    -0.3333333,
+                    -0.3333333,
+                    -0.26833332,
+                    -0.135,
+                    -0.0049833334,
+                    0.0,
+                    0.0050166664,
+                    0.165,
+                    0.43166667,
+                    0.6666667,
+                    1.6666667,
+                    3.5,
+                    5.0,
+                    10.0,
+                ],
+            ),
+            (
+                "LeakyRelu",
+                vec![],
+                [
+                    -0.05, -0.035, -0.02, -0.01, -0.007, -0.003, -1e-4, 0.0, 0.01, 0.3, 0.7, 1.0,
+                    2.0, 3.5, 5.0, 10.0,
+                ],
+            ),
+            (
+                "LeakyRelu",
+                vec![fl("alpha", 0.2)],
+                [
+                    -1.0, -0.7, -0.4, -0.2, -0.14, -0.06, -0.002, 0.0, 0.01, 0.3, 0.7, 1.0, 2.0,
+                    3.5, 5.0, 10.0,
+                ],
+            ),
+            (
+                "Exp",
+                vec![],
+                [
+                    0.006737947,
+                    0.030197384,
+                    0.13533528,
+                    0.36787945,
+                    0.4965853,
+                    0.7408182,
+                    0.99004984,
+                    1.0,
+                    1.0100502,
+                    1.3498588,
+                    2.0137527,
+                    2.7182817,
+                    7.389056,
+                    33.11545,
+                    148.41316,
+                    22026.467,
+                ],
+            ),
+            (
+                "Relu",
+                vec![],
+                [
+                    0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.3, 0.7, 1.0, 2.0, 3.5, 5.0,
+                    10.0,
+                ],
+            ),
+            ("Neg", vec![], X.map(|v| -v)),
+            ("Abs", vec![], X.map(f32::abs)),
+        ];
+        for (name, attrs, want) in cases {
+            let got = run(name, attrs, &X);
+            // Gelu at -5: ONNX Runtime loses the tail to cancellation
+            // (-1.49e-6); the exact value is -1.4333e-6, which we give.
+            close(&got, &want, 2e-7, 2e-6);
+        }
+        let got = run("Sqrt", vec![], &[0.0, 2.0, 9.0, -1.0]);
+        assert_eq!(&got[..3], &[0.0, 2f32.sqrt(), 3.0]);
+        assert!(got[3].is_nan());
+        let got = run("Log", vec![], &[1.0, std::f32::consts::E, 0.0, -1.0]);
+        close(&got[..2], &[0.0, 1.0], 1e-7, 1e-7);
+        assert_eq!(got[2], f32::NEG_INFINITY);
+        assert!(got[3].is_nan());
+    }
+
+    /// erf in f64 to about 1e-15: the all-positive series
+    /// erf(x) = 2/sqrt(pi) e^-x^2 sum 2^n x^(2n+1) / (1*3*...*(2n+1)).
+    fn erf64(x: f64) -> f64 {
+        if x.abs() > 6.0 {
+            return x.signum();
+        }
+        let (mut term, mut sum) = (x, x);
+        for n in 1..400 {
+            term *= 2.0 * x * x / (2 * n + 1) as f64;
+            sum += term;
+            if term.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        2.0 / std::f64::consts::PI.sqrt() * (-x * x).exp() * sum
+    }
+
+    fn grid(lo: f32, hi: f32, n: usize) -> impl Iterator<Item = f32> {
+        (0..=n).map(move |k| lo + (hi - lo) * k as f32 / n as f32)
+    }
+
+    #[test]
+    fn exp_accuracy() {
+        for x in grid(-87.0, 88.7, 200_000) {
+            let (g, w) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!(((g - w) / w).abs() < 2.5e-7, "exp({x}) = {g}, want {w}");
+        }
+        // Subnormal results and the ends of the range.
+        for x in grid(-103.0, -87.5, 1000) {
+            let (g, w) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!((g - w).abs() < 2e-45, "exp({x}) = {g}, want {w}");
+        }
+        assert_eq!(exp_f32(89.0), f32::INFINITY);
+        assert_eq!(exp_f32(1e30), f32::INFINITY);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(-105.0), 0.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert!(exp_f32(88.72).is_finite());
+    }
+
+    #[test]
+    fn tanh_sigmoid_accuracy() {
+        for x in grid(-12.0, 12.0, 100_000) {
+            let w = (x as f64).tanh();
+            let g = tanh_f32(x) as f64;
+            assert!(
+                (g - w).abs() <= 2.5e-7 * w.abs().max(1e-30) + 1e-30,
+                "tanh({x}) = {g}, want {w}"
+            );
+            let w = 1.0 / (1.0 + (-(x as f64)).exp());
+            let g = sigmoid_f32(x) as f64;
+            assert!((g - w).abs() <= 3e-7 * w, "sigmoid({x}) = {g}, want {w}");
+        }
+        assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+        assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+        assert_eq!(tanh_f32(1e-30), 1e-30);
+        assert!(tanh_f32(f32::NAN).is_nan());
+        assert_eq!(sigmoid_f32(-200.0), 0.0);
+        assert_eq!(sigmoid_f32(200.0), 1.0);
+    }
+
+    #[test]
+    fn erf_gelu_accuracy() {
+        let mut worst = 0f64;
+        for x in grid(-7.0, 7.0, 280_000) {
+            let w = erf64(x as f64);
+            let g = erf_f32(x) as f64;
+            worst = worst.max((g - w).abs());
+            // Relative accuracy near 0 too.
+            if x.abs() < 0.5 {
+                assert!(
+                    (g - w).abs() <= 2e-7 * w.abs() + 1e-30,
+                    "erf({x}) = {g}, want {w}"
+                );
+            }
+            let w = 0.5 * x as f64 * (1.0 + erf64(x as f64 / std::f64::consts::SQRT_2));
+            let g = gelu_f32(x) as f64;
+            assert!(
+                (g - w).abs() <= 3e-7 * w.abs() + 1e-7,
+                "gelu({x}) = {g}, want {w}"
+            );
+            let u =
+                (2.0 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3));
+            let w = 0.5 * x as f64 * (1.0 + u.tanh());
+            let g = gelu_tanh_f32(x) as f64;
+            assert!(
+                (g - w).abs() <= 3e-7 * w.abs() + 1e-7,
+                "gelu_tanh({x}) = {g}, want {w}"
+            );
+        }
+        assert!(worst < 3e-7, "erf max abs error {worst}");
+        // Deep negative tail of exact GELU keeps relative accuracy.
+        let w = -4.976_768_459_417_455_5e-15; // -8 * erfc(8 / sqrt 2) / 2
+        assert!(((gelu_f32(-8.0) as f64 - w) / w).abs() < 2e-5);
+        assert_eq!(erf_f32(f32::INFINITY), 1.0);
+        assert_eq!(erf_f32(f32::NEG_INFINITY), -1.0);
+        assert!(erf_f32(f32::NAN).is_nan());
+        assert_eq!(erf_f32(0.0), 0.0);
+    }
+
+    #[test]
+    fn clip_attributes_and_inputs() {
+        let x = Tensor::from_f32(vec![5], vec![-3.0, -1.0, 0.5, 4.0, f32::NAN]);
+        let attrs = || vec![fl("min", -1.5), fl("max", 2.0)];
+        let r = run_with("Clip", attrs(), 6, &[Some(&x)]).unwrap();
+        let r = r.f32s().unwrap();
+        assert_eq!(&r[..4], &[-1.5, -1.0, 0.5, 2.0]);
+        assert!(r[4].is_nan());
+        // Opset 6 defaults: lowest and highest finite values.
+        let inf = Tensor::from_f32(vec![2], vec![f32::NEG_INFINITY, f32::INFINITY]);
+        let r = run_with("Clip", vec![], 6, &[Some(&inf)]).unwrap();
+        assert_eq!(r.f32s().unwrap(), &[f32::MIN, f32::MAX]);
+        // Opset 11+: optional inputs.
+        let lo = Tensor::from_f32(vec![], vec![0.0]);
+        let hi = Tensor::from_f32(vec![1], vec![6.0]);
+        let y = Tensor::from_f32(vec![4], vec![-2.0, 3.0, 7.0, 6.0]);
+        let r = run_with("Clip", vec![], 13, &[Some(&y), Some(&lo), Some(&hi)]).unwrap();
+        assert_eq!(r.f32s().unwrap(), &[0.0, 3.0, 6.0, 6.0]);
+        let r = run_with("Clip", vec![], 13, &[Some(&y), None, Some(&hi)]).unwrap();
+        assert_eq!(r.f32s().unwrap(), &[-2.0, 3.0, 6.0, 6.0]);
+        let r = run_with("Clip", vec![], 13, &[Some(&y), Some(&lo)]).unwrap();
+        assert_eq!(r.f32s().unwrap(), &[0.0, 3.0, 7.0, 6.0]);
+        let r = run_with("Clip", vec![], 13, &[Some(&y)]).unwrap();
+        assert_eq!(r.f32s().unwrap(), y.f32s().unwrap());
+        // Attributes are ignored from opset 11.
+        let r = run_with("Clip", attrs(), 11, &[Some(&y)]).unwrap();
+        assert_eq!(r.f32s().unwrap(), y.f32s().unwrap());
+        // min > max: everything becomes max.
+        let r = run_with("Clip", vec![], 13, &[Some(&y), Some(&hi), Some(&lo)]).unwrap();
+        assert_eq!(r.f32s().unwrap(), &[0.0; 4]);
+        // Integers.
+        let yi = Tensor::from_int(DType::I32, vec![4], vec![-5, 0, 5, 10]);
+        let (li, hi_i) = (
+            Tensor::from_int(DType::I32, vec![], vec![-1]),
+            Tensor::from_int(DType::I32, vec![], vec![6]),
+        );
+        let r = run_with("Clip", vec![], 13, &[Some(&yi), Some(&li), Some(&hi_i)]).unwrap();
+        assert_eq!(
+            (r.dtype(), r.i64s().unwrap()),
+            (DType::I32, &[-1, 0, 5, 6][..])
+        );
+        // Errors: non-scalar bound, wrong bound type.
+        let two = Tensor::from_f32(vec![2], vec![0.0, 1.0]);
+        assert!(run_with("Clip", vec![], 13, &[Some(&y), Some(&two)]).is_err());
+        assert!(run_with("Clip", vec![], 13, &[Some(&y), Some(&li)]).is_err());
+        let op = build(&node("Clip", vec![]), 13).unwrap();
+        let fy = Fact::new(DType::F32, vec![4]);
+        let f2 = Fact::new(DType::F32, vec![2]);
+        let f0 = Fact::new(DType::F32, vec![]);
+        assert!(op.infer(&[Some(&fy), Some(&f2)]).is_err());
+        assert_eq!(
+            op.infer(&[Some(&fy), None, Some(&f0)]).unwrap()[0].shape,
+            vec![4]
+        );
+    }
+
+    #[test]
+    fn integer_ops_and_type_errors() {
+        let x = Tensor::from_i64(vec![4], vec![-3, 0, 7, i64::MIN]);
+        let r = run_with("Neg", vec![], 13, &[Some(&x)]).unwrap();
+        assert_eq!(r.i64s().unwrap(), &[3, 0, -7, i64::MIN]);
+        let r = run_with("Abs", vec![], 13, &[Some(&x)]).unwrap();
+        assert_eq!(r.i64s().unwrap(), &[3, 0, 7, i64::MIN]);
+        let r = run_with("Relu", vec![], 14, &[Some(&x)]).unwrap();
+        assert_eq!(r.i64s().unwrap(), &[0, 0, 7, 0]);
+        // i8 wraps like C: -(-128) is -128.
+        let x8 = Tensor::from_int(DType::I8, vec![2], vec![-128, 5]);
+        let r = run_with("Neg", vec![], 13, &[Some(&x8)]).unwrap();
+        assert_eq!((r.dtype(), r.i64s().unwrap()), (DType::I8, &[-128, -5][..]));
+        for name in ["Sigmoid", "Exp", "Sqrt", "LeakyRelu", "Gelu", "Erf"] {
+            assert!(run_with(name, vec![], 20, &[Some(&x)]).is_err(), "{name}");
+        }
+        let bx = Tensor::from_bool(vec![1], vec![true]);
+        assert!(run_with("Relu", vec![], 20, &[Some(&bx)]).is_err());
+        assert!(run_with("Relu", vec![], 20, &[None]).is_err());
+        assert!(run_with("Relu", vec![], 20, &[]).is_err());
+        let op = build(&node("Exp", vec![]), 13).unwrap();
+        assert!(op.infer(&[Some(&Fact::new(DType::I64, vec![2]))]).is_err());
+        let o = op
+            .infer(&[Some(&Fact::new(DType::F16, vec![2, 3]))])
+            .unwrap();
+        assert_eq!((o[0].dtype, o[0].shape.clone()), (DType::F16, vec![2, 3]));
+        let bad = Attribute::new("approximate", AttrValue::String(b"fast".to_vec()));
+        assert!(build(&node("Gelu", vec![bad]), 20).is_err());
+        assert!(build(&node("Softplus", vec![]), 20).is_err());
+    }
+
+    #[test]
+    fn large_tensors_in_parallel_match_scalar() {
+        let n = 3 * PAR_THRESHOLD + 17;
+        let x: Vec<f32> = (0..n).map(|k| (k as f32 * 0.001) - 40.0).collect();
+        let t = Tensor::from_float(DType::F16, vec![n], x.clone());
+        let op = build(&node("Gelu", vec![]), 20).unwrap();
+        let r = op.eval(&[Some(&t)]).unwrap().remove(0);
+        assert_eq!(r.dtype(), DType::F16);
+        let want: Vec<f32> = x.iter().map(|&v| gelu_f32(v)).collect();
+        assert_eq!(r.f32s().unwrap(), &want[..]);
+        let ti = Tensor::from_i64(vec![n], (0..n as i64).map(|k| k - 1000).collect());
+        let r = run_with("Abs", vec![], 13, &[Some(&ti)]).unwrap();
+        assert!(r
+            .i64s()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .all(|(k, &v)| v == (k as i64 - 1000).abs()));
     }
 }

@@ -37,7 +37,9 @@ pub fn axis(a: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
     let b = if a < 0 { a + r } else { a };
     if b < 0 || b >= r.max(1) {
-        return Err(op_error(format!("axis {a} is out of range for rank {rank}")));
+        return Err(op_error(format!(
+            "axis {a} is out of range for rank {rank}"
+        )));
     }
     Ok(b as usize)
 }
@@ -68,7 +70,13 @@ pub fn broadcast_index_map(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize
     let in_strides = strides(in_shape);
     // Effective stride per output axis (0 where broadcast).
     let eff: Vec<usize> = (0..rank)
-        .map(|i| if i < off || in_shape[i - off] == 1 { 0 } else { in_strides[i - off] })
+        .map(|i| {
+            if i < off || in_shape[i - off] == 1 {
+                0
+            } else {
+                in_strides[i - off]
+            }
+        })
         .collect();
     let n: usize = out_shape.iter().product();
     let mut map = Vec::with_capacity(n);

@@ -10,6 +10,9 @@
 //! Work is split over images and groups when there are enough of them,
 //! otherwise inside each GEMM and im2col/col2im.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::common::{fact, input, opt};
@@ -56,7 +59,9 @@ fn positive_list(node: &Node, name: &str) -> Result<Option<Vec<usize>>> {
         None => Ok(None),
         Some(v) => {
             if let Some(bad) = v.iter().find(|&&x| x < 1) {
-                return Err(op_error(format!("attribute '{name}' must be positive, got {bad} in {v:?}")));
+                return Err(op_error(format!(
+                    "attribute '{name}' must be positive, got {bad} in {v:?}"
+                )));
             }
             Ok(Some(v.iter().map(|&x| x as usize).collect()))
         }
@@ -75,19 +80,25 @@ impl ConvAttrs {
         };
         let group = node.attr_int("group", 1)?;
         if group < 1 {
-            return Err(op_error(format!("attribute 'group' must be >= 1, got {group}")));
+            return Err(op_error(format!(
+                "attribute 'group' must be >= 1, got {group}"
+            )));
         }
         let pads = match node.attr_ints("pads")? {
             None => None,
             Some(v) => {
                 if let Some(bad) = v.iter().find(|&&x| x < 0) {
-                    return Err(op_error(format!("negative pads are not supported, got {bad} in {v:?}")));
+                    return Err(op_error(format!(
+                        "negative pads are not supported, got {bad} in {v:?}"
+                    )));
                 }
                 Some(v.iter().map(|&x| x as usize).collect())
             }
         };
         if pads.is_some() && auto_pad != AutoPad::NotSet {
-            return Err(op_error("attribute 'pads' cannot be used together with auto_pad"));
+            return Err(op_error(
+                "attribute 'pads' cannot be used together with auto_pad",
+            ));
         }
         Ok(ConvAttrs {
             auto_pad,
@@ -104,7 +115,10 @@ impl ConvAttrs {
         match v {
             None => Ok(vec![1; rank]),
             Some(v) if v.len() == rank => Ok(v.clone()),
-            Some(v) => Err(op_error(format!("attribute '{name}' has {} values, expected {rank}", v.len()))),
+            Some(v) => Err(op_error(format!(
+                "attribute '{name}' has {} values, expected {rank}",
+                v.len()
+            ))),
         }
     }
 
@@ -113,21 +127,33 @@ impl ConvAttrs {
         match &self.pads {
             None => Ok((vec![0; rank], vec![0; rank])),
             Some(p) if p.len() == 2 * rank => Ok((p[..rank].to_vec(), p[rank..].to_vec())),
-            Some(p) => Err(op_error(format!("attribute 'pads' has {} values, expected {}", p.len(), 2 * rank))),
+            Some(p) => Err(op_error(format!(
+                "attribute 'pads' has {} values, expected {}",
+                p.len(),
+                2 * rank
+            ))),
         }
     }
 
     /// Common checks: ranks, kernel agreement. Returns (spatial rank, kernel,
     /// strides, dilations).
     #[allow(clippy::type_complexity)]
-    fn resolve_common(&self, x: &[usize], w: &[usize]) -> Result<(usize, Vec<usize>, Vec<usize>, Vec<usize>)> {
+    fn resolve_common(
+        &self,
+        x: &[usize],
+        w: &[usize],
+    ) -> Result<(usize, Vec<usize>, Vec<usize>, Vec<usize>)> {
         if x.len() < 3 || x.len() > 5 {
             return Err(op_error(format!(
                 "input must have rank 3, 4 or 5 ([N, C, spatial...], 1-D to 3-D), got shape {x:?}"
             )));
         }
         if w.len() != x.len() {
-            return Err(op_error(format!("weight rank {} differs from input rank {}", w.len(), x.len())));
+            return Err(op_error(format!(
+                "weight rank {} differs from input rank {}",
+                w.len(),
+                x.len()
+            )));
         }
         let rank = x.len() - 2;
         let kernel = w[2..].to_vec();
@@ -136,7 +162,9 @@ impl ConvAttrs {
         }
         if let Some(ks) = &self.kernel_shape {
             if ks != &kernel {
-                return Err(op_error(format!("kernel_shape {ks:?} disagrees with the weight's kernel {kernel:?}")));
+                return Err(op_error(format!(
+                    "kernel_shape {ks:?} disagrees with the weight's kernel {kernel:?}"
+                )));
             }
         }
         let strides = Self::per_axis(&self.strides, "strides", rank)?;
@@ -216,7 +244,11 @@ fn valid_range(n_out: usize, n_in: usize, s: usize, off: isize) -> (usize, usize
     let s = s as isize;
     let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
     let last = n_in as isize - 1 - off;
-    let hi = if last < 0 { 0 } else { (last / s + 1).min(n_out as isize) };
+    let hi = if last < 0 {
+        0
+    } else {
+        (last / s + 1).min(n_out as isize)
+    };
     let lo = lo.min(hi).max(0);
     (lo as usize, hi as usize)
 }
@@ -248,17 +280,26 @@ impl ConvGeom {
     pub fn is_pointwise(&self) -> bool {
         self.k_len() == 1
             && self.strides.iter().all(|&s| s == 1)
-            && self.pads_begin.iter().chain(&self.pads_end).all(|&p| p == 0)
+            && self
+                .pads_begin
+                .iter()
+                .chain(&self.pads_end)
+                .all(|&p| p == 0)
     }
 }
 
 fn checked_prod(v: &[usize]) -> Result<usize> {
-    v.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| op_error(format!("size {v:?} is too large")))
+    v.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| op_error(format!("size {v:?} is too large")))
 }
 
 /// Effective kernel extent `(k - 1) * d + 1`.
 fn extent(k: usize, d: usize) -> Result<usize> {
-    (k - 1).checked_mul(d).and_then(|e| e.checked_add(1)).ok_or_else(|| op_error("dilated kernel is too large"))
+    (k - 1)
+        .checked_mul(d)
+        .and_then(|e| e.checked_add(1))
+        .ok_or_else(|| op_error("dilated kernel is too large"))
 }
 
 /// Checks the element type of the data inputs (float only).
@@ -271,7 +312,9 @@ fn check_float(what: &str, dt: DType) -> Result<()> {
 
 fn check_bias(b: Option<&[usize]>, c_out: usize) -> Result<()> {
     match b {
-        Some(s) if s != [c_out] => Err(op_error(format!("bias must have shape [{c_out}], got {s:?}"))),
+        Some(s) if s != [c_out] => Err(op_error(format!(
+            "bias must have shape [{c_out}], got {s:?}"
+        ))),
         _ => Ok(()),
     }
 }
@@ -300,7 +343,9 @@ impl Conv {
             )));
         }
         if c_out % group != 0 {
-            return Err(op_error(format!("{c_out} output channels are not divisible by group {group}")));
+            return Err(op_error(format!(
+                "{c_out} output channels are not divisible by group {group}"
+            )));
         }
         let (mut pb, mut pe) = a.explicit_pads(rank)?;
         let mut out = vec![0; rank];
@@ -310,8 +355,16 @@ impl Conv {
             match a.auto_pad {
                 AutoPad::SameUpper | AutoPad::SameLower => {
                     out[i] = inp.div_ceil(s);
-                    let total = if out[i] == 0 { 0 } else { ((out[i] - 1) * s + ek).saturating_sub(inp) };
-                    pb[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                    let total = if out[i] == 0 {
+                        0
+                    } else {
+                        ((out[i] - 1) * s + ek).saturating_sub(inp)
+                    };
+                    pb[i] = if a.auto_pad == AutoPad::SameUpper {
+                        total / 2
+                    } else {
+                        total - total / 2
+                    };
                     pe[i] = total - pb[i];
                 }
                 AutoPad::Valid | AutoPad::NotSet => {
@@ -368,12 +421,13 @@ fn for_items(
     if over_items {
         out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each_init(|| vec![0.0f32; scratch_len], |s, (i, o)| f(i, o, s, false));
+            .for_each(|(i, o)| with_scratch(0, scratch_len, |s| f(i, o, s, false)));
     } else {
-        let mut s = vec![0.0f32; scratch_len];
-        for (i, o) in out.chunks_mut(chunk).enumerate() {
-            f(i, o, &mut s, big);
-        }
+        with_scratch(0, scratch_len, |s| {
+            for (i, o) in out.chunks_mut(chunk).enumerate() {
+                f(i, o, s, big);
+            }
+        })
     }
 }
 
@@ -453,44 +507,272 @@ fn im2col(x: &[f32], cg: usize, g: &G3, col: &mut [f32], par: bool) {
     }
 }
 
-/// Direct convolution of one input plane with one filter (one input
-/// channel per group), accumulated into `out` (one output plane).
-fn direct_plane(x: &[f32], w: &[f32], g: &G3, ranges: &[(isize, usize, usize)], out: &mut [f32]) {
+/// Runs `f` compiled with AVX2 and FMA when the CPU has them (the build
+/// targets baseline x86-64). Only code inlined into `f` benefits: pass an
+/// `#[inline(always)]` closure calling `#[inline(always)]` functions.
+/// `f` receives `true` when compiled with FMA (so `f32::mul_add` is one
+/// instruction there).
+#[inline(always)]
+fn simd<R>(f: impl FnOnce(bool) -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce(bool) -> R) -> R {
+            f(true)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features `avx2` is compiled with.
+            return unsafe { avx2(f) };
+        }
+    }
+    f(false)
+}
+
+thread_local! {
+    /// Per-thread reusable scratch buffers (two levels, so an outer buffer
+    /// can stay borrowed while inner work on the same thread uses another),
+    /// so large scratch space is not mapped and unmapped on every call.
+    static SCRATCH: [RefCell<Vec<f32>>; 2] = const { [RefCell::new(Vec::new()), RefCell::new(Vec::new())] };
+}
+
+/// Scratch buffers larger than this (in values) are not kept between calls.
+const SCRATCH_KEEP: usize = 1 << 24;
+
+/// Runs `f` on a scratch slice of `len` values with unspecified contents:
+/// this thread's buffer `slot` when it is free, else a fresh allocation.
+fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if len > SCRATCH_KEEP {
+        return f(&mut vec![0.0; len]);
+    }
+    SCRATCH.with(|s| match s[slot].try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// Copies one input plane (volume) into `dst`, laid out with the padding
+/// of `g` around it (zeros), `dims` being the padded size.
+#[inline(always)]
+fn pad_plane(x: &[f32], g: &G3, dims: [usize; 3], dst: &mut [f32]) {
     let [_, ih, iw] = g.i;
+    let [_, ph, pw] = dims;
+    let no_pad = g.p.iter().all(|&p| p == 0) && dims == g.i;
+    if no_pad {
+        dst.copy_from_slice(x);
+        return;
+    }
+    dst.fill(0.0);
+    for z in 0..g.i[0] {
+        for y in 0..ih {
+            let d = ((z + g.p[0]) * ph + y + g.p[1]) * pw + g.p[2];
+            dst[d..d + iw].copy_from_slice(&x[(z * ih + y) * iw..][..iw]);
+        }
+    }
+}
+
+/// Direct convolution of one padded input plane (see [`pad_plane`]) with
+/// one filter, accumulated into one output plane.
+#[inline(always)]
+fn direct_plane(xp: &[f32], dims: [usize; 3], w: &[f32], g: &G3, out: &mut [f32]) {
+    let [_, ph, pw] = dims;
     let [od, oh, ow] = g.o;
+    let [kd_n, kh_n, kw_n] = g.k;
+    let (s2, d2) = (g.s[2], g.d[2]);
+    if s2 == 1 && kd_n == 1 && kh_n == 3 && kw_n == 3 {
+        // The common 3x3 case: all nine taps in one pass over each row.
+        let (d1, w) = (g.d[1] * pw, &w[..9]);
+        for z in 0..od {
+            for y in 0..oh {
+                let orow = &mut out[(z * oh + y) * ow..][..ow];
+                let r = (z * g.s[0] * ph + y * g.s[1]) * pw;
+                let row = |kh: usize, kw: usize| &xp[r + kh * d1 + kw * d2..][..ow];
+                let (a0, a1, a2) = (row(0, 0), row(0, 1), row(0, 2));
+                let (b0, b1, b2) = (row(1, 0), row(1, 1), row(1, 2));
+                let (c0, c1, c2) = (row(2, 0), row(2, 1), row(2, 2));
+                for j in 0..ow {
+                    orow[j] += w[0] * a0[j]
+                        + w[1] * a1[j]
+                        + w[2] * a2[j]
+                        + w[3] * b0[j]
+                        + w[4] * b1[j]
+                        + w[5] * b2[j]
+                        + w[6] * c0[j]
+                        + w[7] * c1[j]
+                        + w[8] * c2[j];
+                }
+            }
+        }
+        return;
+    }
     for z in 0..od {
         for y in 0..oh {
             let orow = &mut out[(z * oh + y) * ow..][..ow];
-            for kd in 0..g.k[0] {
-                let zi = (z * g.s[0]) as isize + g.off(0, kd);
-                if zi < 0 || zi >= g.i[0] as isize {
-                    continue;
-                }
-                for kh in 0..g.k[1] {
-                    let yi = (y * g.s[1]) as isize + g.off(1, kh);
-                    if yi < 0 || yi >= ih as isize {
-                        continue;
-                    }
-                    let src = &x[(zi as usize * ih + yi as usize) * iw..][..iw];
-                    let wrow = &w[(kd * g.k[1] + kh) * g.k[2]..][..g.k[2]];
-                    for (&wv, &(off, lo, hi)) in wrow.iter().zip(ranges) {
-                        if lo >= hi {
-                            continue;
+            for kd in 0..kd_n {
+                for kh in 0..kh_n {
+                    let r = ((z * g.s[0] + kd * g.d[0]) * ph + y * g.s[1] + kh * g.d[1]) * pw;
+                    let wrow = &w[(kd * kh_n + kh) * kw_n..][..kw_n];
+                    if s2 == 1 && kw_n == 3 {
+                        let (a, b, c) = (
+                            &xp[r..r + ow],
+                            &xp[r + d2..r + d2 + ow],
+                            &xp[r + 2 * d2..r + 2 * d2 + ow],
+                        );
+                        let (w0, w1, w2) = (wrow[0], wrow[1], wrow[2]);
+                        for (((o, &p0), &p1), &p2) in orow.iter_mut().zip(a).zip(b).zip(c) {
+                            *o += w0 * p0 + w1 * p1 + w2 * p2;
                         }
-                        let start = (lo as isize * g.s[2] as isize + off) as usize;
-                        if g.s[2] == 1 {
-                            for (o, &s) in orow[lo..hi].iter_mut().zip(&src[start..start + (hi - lo)]) {
-                                *o += wv * s;
+                    } else if s2 == 1 {
+                        for (kw, &wv) in wrow.iter().enumerate() {
+                            let src = &xp[r + kw * d2..r + kw * d2 + ow];
+                            for (o, &p) in orow.iter_mut().zip(src) {
+                                *o += wv * p;
                             }
-                        } else {
-                            for (j, o) in orow[lo..hi].iter_mut().enumerate() {
-                                *o += wv * src[start + j * g.s[2]];
+                        }
+                    } else {
+                        for (kw, &wv) in wrow.iter().enumerate() {
+                            let src = &xp[r + kw * d2..];
+                            for (j, o) in orow.iter_mut().enumerate() {
+                                *o += wv * src[j * s2];
                             }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// `a * b + c`, fused when `fma` (then the CPU must have FMA; see [`simd`]).
+#[inline(always)]
+fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
+    if fma {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// 3x3, stride-1, 2-D convolution of one input plane: writes `bias + x * w`
+/// into one output plane. `buf` receives the rows of `x` padded left and
+/// right (vertical padding reads a zero row).
+#[inline(always)]
+fn dw3x3_plane(
+    fma: bool,
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    g: &G3,
+    buf: &mut Vec<f32>,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (ih, iw, oh, ow) = (g.i[1], g.i[2], g.o[1], g.o[2]);
+    let (pt, pl, dh, dw) = (g.p[1], g.p[2], g.d[1], g.d[2]);
+    let w = &w[..9];
+    // Padded columns read: j + kw * dw for j < ow.
+    let wp = ow + 2 * dw;
+    let keep = iw.min(wp.saturating_sub(pl));
+    buf.resize((ih + 1) * wp, 0.0);
+    let (rows_buf, zero) = buf.split_at_mut(ih * wp);
+    zero.fill(0.0);
+    for (r, dst) in rows_buf.chunks_mut(wp).enumerate() {
+        let head = pl.min(wp);
+        dst[..head].fill(0.0);
+        dst[head..head + keep].copy_from_slice(&x[r * iw..][..keep]);
+        dst[head + keep..].fill(0.0);
+    }
+    let (rows_buf, zero) = (&*rows_buf, &*zero);
+    for y in 0..oh {
+        let orow = &mut out[y * ow..][..ow];
+        let row = |kh: usize| {
+            let yi = (y + kh * dh) as isize - pt as isize;
+            if yi >= 0 && (yi as usize) < ih {
+                &rows_buf[yi as usize * wp..][..wp]
+            } else {
+                zero
+            }
+        };
+        let (r0, r1, r2) = (row(0), row(1), row(2));
+        let (a0, a1, a2) = (&r0[..ow], &r0[dw..dw + ow], &r0[2 * dw..2 * dw + ow]);
+        let (b0, b1, b2) = (&r1[..ow], &r1[dw..dw + ow], &r1[2 * dw..2 * dw + ow]);
+        let (c0, c1, c2) = (&r2[..ow], &r2[dw..dw + ow], &r2[2 * dw..2 * dw + ow]);
+        for j in 0..ow {
+            let mut acc = madd(fma, w[0], a0[j], bias);
+            acc = madd(fma, w[1], a1[j], acc);
+            acc = madd(fma, w[2], a2[j], acc);
+            acc = madd(fma, w[3], b0[j], acc);
+            acc = madd(fma, w[4], b1[j], acc);
+            acc = madd(fma, w[5], b2[j], acc);
+            acc = madd(fma, w[6], c0[j], acc);
+            acc = madd(fma, w[7], c1[j], acc);
+            orow[j] = MaybeUninit::new(madd(fma, w[8], c2[j], acc));
+        }
+    }
+}
+
+/// Convolution with one input channel per group (depthwise, with any
+/// channel multiplier): direct loops, parallel over output planes. Writes
+/// every value of `out` (bias included).
+fn conv_direct_cg1(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    geom: &ConvGeom,
+    g: &G3,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
+    let mg = geom.c_out / geom.group;
+    let pe = to3(&geom.pads_end, 0);
+    let dims = [
+        g.i[0] + g.p[0] + pe[0],
+        g.i[1] + g.p[1] + pe[1],
+        g.i[2] + g.p[2] + pe[2],
+    ];
+    let fast3x3 = geom.kernel == [3, 3] && geom.strides == [1, 1];
+    let padded: usize = if fast3x3 {
+        (g.i[1] + 1) * (g.o[2] + 2 * g.d[2])
+    } else {
+        dims.iter().product()
+    };
+    let plane = |xp: &mut Vec<f32>, (q, o): (usize, &mut [MaybeUninit<f32>])| {
+        let (img, oc) = (q / geom.c_out, q % geom.c_out);
+        let ic = oc / mg;
+        let xs = &x[(img * geom.c_in + ic) * pin..][..pin];
+        let wk = &w[oc * ks..(oc + 1) * ks];
+        let b = bias.map_or(0.0, |b| b[oc]);
+        simd(
+            #[inline(always)]
+            |fma| {
+                if fast3x3 {
+                    dw3x3_plane(fma, xs, wk, b, g, xp, o);
+                } else {
+                    for v in o.iter_mut() {
+                        v.write(b);
+                    }
+                    // SAFETY: every element was just initialised, and
+                    // MaybeUninit<f32> has the layout of f32.
+                    let o = unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                    pad_plane(xs, g, dims, xp);
+                    direct_plane(xp, dims, wk, g, o);
+                }
+            },
+        );
+    };
+    if out.len().saturating_mul(ks) >= CONV_PAR_MACS {
+        out.par_chunks_mut(p)
+            .enumerate()
+            .for_each_init(|| vec![0.0f32; padded], plane);
+    } else {
+        let mut xp = vec![0.0f32; padded];
+        out.chunks_mut(p)
+            .enumerate()
+            .for_each(|q| plane(&mut xp, q));
     }
 }
 
@@ -504,58 +786,438 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
     let cg = geom.c_in / geom.group;
     let mg = geom.c_out / geom.group;
     let kk = cg * ks;
-    let mut out = vec![0.0f32; geom.n * geom.c_out * p];
-    if out.is_empty() {
+    let total = geom.n * geom.c_out * p;
+    if total == 0 {
+        return Vec::new();
+    }
+    if cg == 1 {
+        // Every value is written once: skip zeroing the output.
+        let mut out: Vec<f32> = Vec::with_capacity(total);
+        conv_direct_cg1(x, w, bias, geom, &g, &mut out.spare_capacity_mut()[..total]);
+        // SAFETY: conv_direct_cg1 initialised all `total` values.
+        unsafe { out.set_len(total) };
         return out;
     }
+    let mut out = vec![0.0f32; total];
     fill_bias(&mut out, bias, geom.c_out, p);
     let accumulate = bias.is_some();
     if cg == 0 {
         return out;
     }
-    if cg == 1 {
-        // One input channel per group: direct loops over output planes.
-        let ranges: Vec<(isize, usize, usize)> = (0..g.k[2])
-            .map(|kw| {
-                let off = g.off(2, kw);
-                let (lo, hi) = g.valid(2, off);
-                (off, lo, hi)
-            })
-            .collect();
-        let plane = |(q, o): (usize, &mut [f32])| {
-            let (img, oc) = (q / geom.c_out, q % geom.c_out);
-            let ic = oc / mg;
-            let xs = &x[(img * geom.c_in + ic) * pin..][..pin];
-            direct_plane(xs, &w[oc * ks..(oc + 1) * ks], &g, &ranges, o);
-        };
-        if out.len().saturating_mul(ks) >= CONV_PAR_MACS {
-            out.par_chunks_mut(p).enumerate().for_each(plane);
-        } else {
-            out.chunks_mut(p).enumerate().for_each(plane);
-        }
+    if winograd::applies(geom) {
+        winograd::conv(x, w, geom, &mut out);
         return out;
     }
     let pointwise = geom.is_pointwise();
     let scratch = if pointwise { 0 } else { kk * p };
     let items = geom.n * geom.group;
-    for_items(&mut out, items, mg * kk * p, scratch, |item, o, col, par| {
-        let (img, grp) = (item / geom.group, item % geom.group);
-        let xg = &x[(img * geom.c_in + grp * cg) * pin..][..cg * pin];
-        let wg = &w[grp * mg * kk..][..mg * kk];
-        let rhs = if pointwise {
-            xg
-        } else {
-            im2col(xg, cg, &g, col, par);
-            &col[..kk * p]
-        };
-        sgemm(mg, p, kk, 1.0, MatRef::row_major(wg, kk), MatRef::row_major(rhs, p), accumulate, o, p, par);
-    });
+    for_items(
+        &mut out,
+        items,
+        mg * kk * p,
+        scratch,
+        |item, o, col, par| {
+            let (img, grp) = (item / geom.group, item % geom.group);
+            let xg = &x[(img * geom.c_in + grp * cg) * pin..][..cg * pin];
+            let wg = &w[grp * mg * kk..][..mg * kk];
+            let rhs = if pointwise {
+                xg
+            } else {
+                im2col(xg, cg, &g, col, par);
+                &col[..kk * p]
+            };
+            sgemm(
+                mg,
+                p,
+                kk,
+                1.0,
+                MatRef::row_major(wg, kk),
+                MatRef::row_major(rhs, p),
+                accumulate,
+                o,
+                p,
+                par,
+            );
+        },
+    );
     out
+}
+
+/// Winograd F(2x2, 3x3): 2-D 3x3 convolutions with stride 1 and dilation
+/// 1 (any padding), computed as 16 GEMMs on 4x4 input tiles that each give
+/// 2x2 outputs: 2.25x fewer multiplications than the direct form, with
+/// transforms whose coefficients are 0, ±1 and ±1/2, so the rounding error
+/// stays close to the direct form's (the 4x4 variant saves more but loses
+/// about two more digits).
+mod winograd {
+    use super::*;
+
+    /// Lanes processed together by the tile transforms.
+    const L: usize = 8;
+    type V = [f32; L];
+    /// Output tile side.
+    const MO: usize = 2;
+    /// Input tile side.
+    const MI: usize = MO + 2;
+    /// Positions in the transformed domain.
+    const NP: usize = MI * MI;
+    /// Largest number of tiles transformed and multiplied at once.
+    const MAX_BLOCK: usize = 128;
+
+    /// Tiles per axis `(rows, cols)`.
+    fn tiles(g: &ConvGeom) -> (usize, usize) {
+        (g.out_sp[0].div_ceil(MO), g.out_sp[1].div_ceil(MO))
+    }
+
+    /// True when the Winograd path should be used.
+    pub(super) fn applies(g: &ConvGeom) -> bool {
+        if g.kernel != [3, 3] || g.strides != [1, 1] || g.dilations != [1, 1] {
+            return false;
+        }
+        let (th, tw) = tiles(g);
+        g.c_in / g.group >= 8 && g.c_out / g.group >= 8 && th * tw >= 16
+    }
+
+    /// `Bᵀ x` (input transform along one axis).
+    #[inline(always)]
+    fn bt(x: &[V; MI]) -> [V; MI] {
+        let mut r = [[0.0; L]; MI];
+        for l in 0..L {
+            r[0][l] = x[0][l] - x[2][l];
+            r[1][l] = x[1][l] + x[2][l];
+            r[2][l] = x[2][l] - x[1][l];
+            r[3][l] = x[1][l] - x[3][l];
+        }
+        r
+    }
+
+    /// `Aᵀ x` (output transform along one axis).
+    #[inline(always)]
+    fn at(x: &[V; MI]) -> [V; MO] {
+        let mut r = [[0.0; L]; MO];
+        for l in 0..L {
+            r[0][l] = x[0][l] + x[1][l] + x[2][l];
+            r[1][l] = x[1][l] - x[2][l] - x[3][l];
+        }
+        r
+    }
+
+    /// `G x` (kernel transform along one axis).
+    #[inline(always)]
+    fn gt(x: &[V; 3]) -> [V; MI] {
+        let mut r = [[0.0; L]; MI];
+        for l in 0..L {
+            r[0][l] = x[0][l];
+            r[1][l] = (x[0][l] + x[1][l] + x[2][l]) * 0.5;
+            r[2][l] = (x[0][l] - x[1][l] + x[2][l]) * 0.5;
+            r[3][l] = x[2][l];
+        }
+        r
+    }
+
+    /// Transformed kernels `U[group][NP][C_in/g][C_out/g]`.
+    fn transform_weights(w: &[f32], geom: &ConvGeom) -> Vec<f32> {
+        let (cg, mg) = (geom.c_in / geom.group, geom.c_out / geom.group);
+        let mut u = vec![0.0f32; geom.group * NP * cg * mg];
+        let per_group = |(gr, ug): (usize, &mut [f32])| {
+            simd(
+                #[inline(always)]
+                |_| {
+                    for c in 0..cg {
+                        for o0 in (0..mg).step_by(L) {
+                            let lanes = L.min(mg - o0);
+                            let mut k = [[[0.0f32; L]; 3]; 3];
+                            for l in 0..lanes {
+                                let wk = &w[((gr * mg + o0 + l) * cg + c) * 9..][..9];
+                                for a in 0..3 {
+                                    for b in 0..3 {
+                                        k[a][b][l] = wk[a * 3 + b];
+                                    }
+                                }
+                            }
+                            // Columns, then rows: G k Gᵀ.
+                            let mut tmp = [[[0.0f32; L]; 3]; MI];
+                            for b in 0..3 {
+                                let col = gt(&[k[0][b], k[1][b], k[2][b]]);
+                                for i in 0..MI {
+                                    tmp[i][b] = col[i];
+                                }
+                            }
+                            for (i, row) in tmp.iter().enumerate() {
+                                for (j, v) in gt(row).iter().enumerate() {
+                                    let dst = &mut ug[((i * MI + j) * cg + c) * mg + o0..][..lanes];
+                                    dst.copy_from_slice(&v[..lanes]);
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+        };
+        if u.len() >= 1 << 16 {
+            u.par_chunks_mut(NP * cg * mg)
+                .enumerate()
+                .for_each(per_group);
+        } else {
+            u.chunks_mut(NP * cg * mg).enumerate().for_each(per_group);
+        }
+        u
+    }
+
+    /// Output pointer shared by the tile blocks, which write disjoint tiles.
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    // SAFETY: used only to write disjoint output elements from different
+    // threads while no other reference to the output is in use.
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
+    impl OutPtr {
+        /// The pointer (a method, so closures capture the whole wrapper).
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    /// Writes input row `yy` of the padded, channels-innermost image: `row`
+    /// holds `wp` pixels of `cgp` channels.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn fill_row(
+        xg: &[f32],
+        cg: usize,
+        cgp: usize,
+        ih: usize,
+        iw: usize,
+        pt: usize,
+        pl: usize,
+        yy: usize,
+        row: &mut [f32],
+    ) {
+        row.fill(0.0);
+        if yy < pt || yy - pt >= ih {
+            return;
+        }
+        let (y, pin) = (yy - pt, ih * iw);
+        // 8x8 blocks: read 8 channels' rows, write 8 pixels' channel vectors.
+        for x0 in (0..iw).step_by(L) {
+            let nx = L.min(iw - x0);
+            for c0 in (0..cg).step_by(L) {
+                let nc = L.min(cg - c0);
+                let mut blk = [[0.0f32; L]; L];
+                for (c, b) in blk.iter_mut().enumerate().take(nc) {
+                    b[..nx].copy_from_slice(&xg[(c0 + c) * pin + y * iw + x0..][..nx]);
+                }
+                for xx in 0..nx {
+                    let dst = &mut row[(x0 + xx + pl) * cgp + c0..][..L];
+                    for (c, d) in dst.iter_mut().enumerate() {
+                        *d = blk[c][xx];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the convolution of `x` with `w` to `out` (which holds the bias).
+    pub(super) fn conv(x: &[f32], w: &[f32], geom: &ConvGeom, out: &mut [f32]) {
+        let (cg, mg) = (geom.c_in / geom.group, geom.c_out / geom.group);
+        let (cgp, mgp) = (cg.next_multiple_of(L), mg.next_multiple_of(L));
+        let (ih, iw) = (geom.in_sp[0], geom.in_sp[1]);
+        let (oh, ow) = (geom.out_sp[0], geom.out_sp[1]);
+        let (pt, pl) = (geom.pads_begin[0], geom.pads_begin[1]);
+        let (th, tw) = tiles(geom);
+        let nt = th * tw;
+        // Padded image: holds the input and every tile's 4x4 window.
+        let (hp, wp) = (MO * th + 2, MO * tw + 2);
+        let u = transform_weights(w, geom);
+        let threads = rayon::current_num_threads();
+        let par = threads > 1 && geom.n * geom.group * nt * cg * mg >= CONV_PAR_MACS / 4;
+        let mut nblk = nt.div_ceil(MAX_BLOCK);
+        if par {
+            // A multiple of the thread count, for balance.
+            nblk = nblk
+                .max(2 * threads)
+                .next_multiple_of(threads)
+                .min(nt.div_ceil(16))
+                .max(1);
+        }
+        let tb_max = nt.div_ceil(nblk);
+        let nblk = nt.div_ceil(tb_max);
+        let (pin, p) = (ih * iw, oh * ow);
+        let (v_len, m_len) = (NP * tb_max * cgp, NP * tb_max * mgp);
+        with_scratch(0, hp * wp * cgp, |xp| {
+            for img in 0..geom.n {
+                for gr in 0..geom.group {
+                    let xg = &x[(img * geom.c_in + gr * cg) * pin..][..cg * pin];
+                    let rows = |(yy, row): (usize, &mut [f32])| {
+                        simd(
+                            #[inline(always)]
+                            |_| fill_row(xg, cg, cgp, ih, iw, pt, pl, yy, row),
+                        )
+                    };
+                    if par {
+                        xp.par_chunks_mut(wp * cgp).enumerate().for_each(rows);
+                    } else {
+                        xp.chunks_mut(wp * cgp).enumerate().for_each(rows);
+                    }
+                    let ug = &u[gr * NP * cg * mg..][..NP * cg * mg];
+                    let obase = (img * geom.c_out + gr * mg) * p;
+                    let optr = OutPtr(out[obase..obase + mg * p].as_mut_ptr());
+                    let xp = &*xp;
+                    let block = |b: usize| {
+                        with_scratch(1, v_len + m_len, |scratch| {
+                            let (vb, mb) = scratch.split_at_mut(v_len);
+                            block_conv(
+                                xp, ug, optr, vb, mb, b, tb_max, nt, tw, wp, cg, cgp, mg, mgp, oh,
+                                ow,
+                            )
+                        })
+                    };
+                    if par && nblk > 1 {
+                        (0..nblk).into_par_iter().for_each(block);
+                    } else {
+                        (0..nblk).for_each(block);
+                    }
+                }
+            }
+        })
+    }
+
+    /// One block of tiles: input transforms, the NP products, output
+    /// transforms added into the output (through `optr`).
+    #[allow(clippy::too_many_arguments)]
+    fn block_conv(
+        xp: &[f32],
+        ug: &[f32],
+        optr: OutPtr,
+        vb: &mut [f32],
+        mb: &mut [f32],
+        b: usize,
+        tb_max: usize,
+        nt: usize,
+        tw: usize,
+        wp: usize,
+        cg: usize,
+        cgp: usize,
+        mg: usize,
+        mgp: usize,
+        oh: usize,
+        ow: usize,
+    ) {
+        let t0 = b * tb_max;
+        let tb = tb_max.min(nt - t0);
+        simd(
+            #[inline(always)]
+            |_| {
+                // Input transforms: V[ξ][t][c].
+                for t in 0..tb {
+                    let (ty, tx) = ((t0 + t) / tw, (t0 + t) % tw);
+                    for c0 in (0..cgp).step_by(L) {
+                        let mut d = [[[0.0f32; L]; MI]; MI];
+                        for (i, drow) in d.iter_mut().enumerate() {
+                            let base = ((MO * ty + i) * wp + MO * tx) * cgp + c0;
+                            for (j, dv) in drow.iter_mut().enumerate() {
+                                dv.copy_from_slice(&xp[base + j * cgp..][..L]);
+                            }
+                        }
+                        let mut tmp = [[[0.0f32; L]; MI]; MI];
+                        for j in 0..MI {
+                            let col = bt(&std::array::from_fn(|i| d[i][j]));
+                            for i in 0..MI {
+                                tmp[i][j] = col[i];
+                            }
+                        }
+                        for (i, row) in tmp.iter().enumerate() {
+                            for (j, v) in bt(row).iter().enumerate() {
+                                vb[((i * MI + j) * tb_max + t) * cgp + c0..][..L]
+                                    .copy_from_slice(v);
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        // NP products M[ξ] (tb x mg) = V[ξ] (tb x cg) · U[ξ] (cg x mg).
+        for xi in 0..NP {
+            sgemm(
+                tb,
+                mg,
+                cg,
+                1.0,
+                MatRef {
+                    data: &vb[xi * tb_max * cgp..][..tb * cgp],
+                    rs: cgp,
+                    cs: 1,
+                },
+                MatRef::row_major(&ug[xi * cg * mg..][..cg * mg], mg),
+                false,
+                &mut mb[xi * tb_max * mgp..][..tb * mgp],
+                mgp,
+                false,
+            );
+        }
+        let base = optr.get();
+        simd(
+            #[inline(always)]
+            move |_| output_transforms(mb, base, t0, tb, tb_max, tw, mg, mgp, oh, ow),
+        );
+    }
+
+    /// Output transforms of the tiles `t0..t0 + tb` (products in `mb`),
+    /// added into the output planes at `out`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn output_transforms(
+        mb: &[f32],
+        out: *mut f32,
+        t0: usize,
+        tb: usize,
+        tb_max: usize,
+        tw: usize,
+        mg: usize,
+        mgp: usize,
+        oh: usize,
+        ow: usize,
+    ) {
+        let p = oh * ow;
+        for t in 0..tb {
+            let (ty, tx) = ((t0 + t) / tw, (t0 + t) % tw);
+            let rows = MO.min(oh - MO * ty);
+            let cols = MO.min(ow - MO * tx);
+            for o0 in (0..mg).step_by(L) {
+                let mut tmp = [[[0.0f32; L]; MI]; MO];
+                for j in 0..MI {
+                    let col = at(&std::array::from_fn(|i| {
+                        let mut v = [0.0f32; L];
+                        v.copy_from_slice(&mb[((i * MI + j) * tb_max + t) * mgp + o0..][..L]);
+                        v
+                    }));
+                    for i in 0..MO {
+                        tmp[i][j] = col[i];
+                    }
+                }
+                for (r, trow) in tmp.iter().enumerate().take(rows) {
+                    let y = at(trow);
+                    for l in 0..L.min(mg - o0) {
+                        let at_row = (o0 + l) * p + (MO * ty + r) * ow + MO * tx;
+                        for (s, yv) in y.iter().enumerate().take(cols) {
+                            // SAFETY: (o0 + l, MO·ty + r, MO·tx + s) is an output
+                            // element of this group (o0 + l < mg, rows and cols
+                            // are cropped to the output), and only this tile
+                            // writes it.
+                            unsafe { *out.add(at_row + s) += yv[l] };
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn conv_macs(geom: &ConvGeom) -> u64 {
     let cg = geom.c_in / geom.group.max(1);
-    [geom.n, geom.c_out, geom.out_len(), cg, geom.k_len()].iter().fold(1u64, |a, &x| a.saturating_mul(x as u64))
+    [geom.n, geom.c_out, geom.out_len(), cg, geom.k_len()]
+        .iter()
+        .fold(1u64, |a, &x| a.saturating_mul(x as u64))
 }
 
 impl Op for Conv {
@@ -563,7 +1225,10 @@ impl Op for Conv {
         let (x, w) = (fact(inputs, 0)?, fact(inputs, 1)?);
         check_float("input X", x.dtype)?;
         if w.dtype != x.dtype {
-            return Err(op_error(format!("weight type {} differs from input type {}", w.dtype, x.dtype)));
+            return Err(op_error(format!(
+                "weight type {} differs from input type {}",
+                w.dtype, x.dtype
+            )));
         }
         let geom = self.geometry(&x.shape, &w.shape)?;
         check_bias(opt(inputs, 2).map(|b| b.shape.as_slice()), geom.c_out)?;
@@ -587,7 +1252,10 @@ impl Op for Conv {
 
     fn macs(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> u64 {
         match (opt(inputs, 0), opt(inputs, 1)) {
-            (Some(x), Some(w)) => self.geometry(&x.shape, &w.shape).map(|g| conv_macs(&g)).unwrap_or(0),
+            (Some(x), Some(w)) => self
+                .geometry(&x.shape, &w.shape)
+                .map(|g| conv_macs(&g))
+                .unwrap_or(0),
             _ => 0,
         }
     }
@@ -616,22 +1284,35 @@ impl ConvTranspose {
         let (rank, kernel, strides, dilations) = a.resolve_common(x, w)?;
         let (n, c_in, group) = (x[0], x[1], a.group);
         if w[0] != c_in {
-            return Err(op_error(format!("input has {c_in} channels but the weight has {}", w[0])));
+            return Err(op_error(format!(
+                "input has {c_in} channels but the weight has {}",
+                w[0]
+            )));
         }
         if c_in % group != 0 {
-            return Err(op_error(format!("{c_in} input channels are not divisible by group {group}")));
+            return Err(op_error(format!(
+                "{c_in} input channels are not divisible by group {group}"
+            )));
         }
-        let c_out = w[1].checked_mul(group).ok_or_else(|| op_error("too many output channels"))?;
+        let c_out = w[1]
+            .checked_mul(group)
+            .ok_or_else(|| op_error("too many output channels"))?;
         let op = match &self.output_padding {
             None => vec![0; rank],
             Some(v) if v.len() == rank => v.clone(),
             Some(v) => {
-                return Err(op_error(format!("attribute 'output_padding' has {} values, expected {rank}", v.len())))
+                return Err(op_error(format!(
+                    "attribute 'output_padding' has {} values, expected {rank}",
+                    v.len()
+                )))
             }
         };
         if let Some(os) = &self.output_shape {
             if os.len() != rank {
-                return Err(op_error(format!("attribute 'output_shape' has {} values, expected {rank}", os.len())));
+                return Err(op_error(format!(
+                    "attribute 'output_shape' has {} values, expected {rank}",
+                    os.len()
+                )));
             }
         }
         let (mut pb, mut pe) = a.explicit_pads(rank)?;
@@ -661,14 +1342,22 @@ impl ConvTranspose {
                     )));
                 }
                 let total = full - target;
-                pb[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                pb[i] = if a.auto_pad == AutoPad::SameUpper {
+                    total / 2
+                } else {
+                    total - total / 2
+                };
                 pe[i] = total - pb[i];
                 out[i] = target;
             } else {
                 match a.auto_pad {
                     AutoPad::SameUpper | AutoPad::SameLower => {
                         let total = full.saturating_sub(inp.saturating_mul(s));
-                        pb[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                        pb[i] = if a.auto_pad == AutoPad::SameUpper {
+                            total / 2
+                        } else {
+                            total - total / 2
+                        };
                         pe[i] = total - pb[i];
                     }
                     AutoPad::Valid => {
@@ -736,7 +1425,9 @@ fn col2im_plane(col: &[f32], g: &G3, ranges: &[(isize, usize, usize)], out: &mut
                         let dst = &mut out[(zo as usize * oh + yo as usize) * ow..][..ow];
                         let start = (lo as isize * g.s[2] as isize + off) as usize;
                         if g.s[2] == 1 {
-                            for (d, &s) in dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            for (d, &s) in
+                                dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi])
+                            {
                                 *d += s;
                             }
                         } else {
@@ -755,7 +1446,12 @@ fn col2im_plane(col: &[f32], g: &G3, ranges: &[(isize, usize, usize)], out: &mut
 /// `[C_in, C_out / group, kernel...]`, `bias` is `[C_out]`; returns
 /// `[N, C_out, out_sp...]` values. Shapes must agree with `geom` (from
 /// [`ConvTranspose::geometry`]).
-pub fn conv_transpose_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom) -> Vec<f32> {
+pub fn conv_transpose_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    geom: &ConvGeom,
+) -> Vec<f32> {
     // The forward conv that this transposes maps the output to the input:
     // swap the spatial sizes so `G3::valid` gives input ranges.
     let g = G3 {
@@ -786,26 +1482,47 @@ pub fn conv_transpose_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: 
         })
         .collect();
     let items = geom.n * geom.group;
-    for_items(&mut out, items, rows * cig * pin, rows * pin, |item, o, col, par| {
-        let (img, grp) = (item / geom.group, item % geom.group);
-        let xg = &x[(img * geom.c_in + grp * cig) * pin..][..cig * pin];
-        let wg = &w[grp * cig * rows..][..cig * rows];
-        let col = &mut col[..rows * pin];
-        // col[rows x pin] = W_gᵀ [rows x cig] · X_g [cig x pin]
-        sgemm(rows, pin, cig, 1.0, MatRef::transposed(wg, rows), MatRef::row_major(xg, pin), false, col, pin, par);
-        let one = |(oc, plane): (usize, &mut [f32])| col2im_plane(&col[oc * ks * pin..][..ks * pin], &g, &ranges, plane);
-        if par {
-            o.par_chunks_mut(p).enumerate().for_each(one);
-        } else {
-            o.chunks_mut(p).enumerate().for_each(one);
-        }
-    });
+    for_items(
+        &mut out,
+        items,
+        rows * cig * pin,
+        rows * pin,
+        |item, o, col, par| {
+            let (img, grp) = (item / geom.group, item % geom.group);
+            let xg = &x[(img * geom.c_in + grp * cig) * pin..][..cig * pin];
+            let wg = &w[grp * cig * rows..][..cig * rows];
+            let col = &mut col[..rows * pin];
+            // col[rows x pin] = W_gᵀ [rows x cig] · X_g [cig x pin]
+            sgemm(
+                rows,
+                pin,
+                cig,
+                1.0,
+                MatRef::transposed(wg, rows),
+                MatRef::row_major(xg, pin),
+                false,
+                col,
+                pin,
+                par,
+            );
+            let one = |(oc, plane): (usize, &mut [f32])| {
+                col2im_plane(&col[oc * ks * pin..][..ks * pin], &g, &ranges, plane)
+            };
+            if par {
+                o.par_chunks_mut(p).enumerate().for_each(one);
+            } else {
+                o.chunks_mut(p).enumerate().for_each(one);
+            }
+        },
+    );
     out
 }
 
 fn conv_transpose_macs(geom: &ConvGeom) -> u64 {
     let cog = geom.c_out / geom.group.max(1);
-    [geom.n, geom.c_in, geom.in_len(), cog, geom.k_len()].iter().fold(1u64, |a, &x| a.saturating_mul(x as u64))
+    [geom.n, geom.c_in, geom.in_len(), cog, geom.k_len()]
+        .iter()
+        .fold(1u64, |a, &x| a.saturating_mul(x as u64))
 }
 
 impl Op for ConvTranspose {
@@ -813,7 +1530,10 @@ impl Op for ConvTranspose {
         let (x, w) = (fact(inputs, 0)?, fact(inputs, 1)?);
         check_float("input X", x.dtype)?;
         if w.dtype != x.dtype {
-            return Err(op_error(format!("weight type {} differs from input type {}", w.dtype, x.dtype)));
+            return Err(op_error(format!(
+                "weight type {} differs from input type {}",
+                w.dtype, x.dtype
+            )));
         }
         let geom = self.geometry(&x.shape, &w.shape)?;
         check_bias(opt(inputs, 2).map(|b| b.shape.as_slice()), geom.c_out)?;
@@ -837,7 +1557,10 @@ impl Op for ConvTranspose {
 
     fn macs(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> u64 {
         match (opt(inputs, 0), opt(inputs, 1)) {
-            (Some(x), Some(w)) => self.geometry(&x.shape, &w.shape).map(|g| conv_transpose_macs(&g)).unwrap_or(0),
+            (Some(x), Some(w)) => self
+                .geometry(&x.shape, &w.shape)
+                .map(|g| conv_transpose_macs(&g))
+                .unwrap_or(0),
             _ => 0,
         }
     }
@@ -853,7 +1576,9 @@ pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
                 None => None,
                 Some(v) => {
                     if let Some(bad) = v.iter().find(|&&x| x < 0) {
-                        return Err(op_error(format!("output_padding must be >= 0, got {bad} in {v:?}")));
+                        return Err(op_error(format!(
+                            "output_padding must be >= 0, got {bad} in {v:?}"
+                        )));
                     }
                     Some(v.iter().map(|&x| x as usize).collect())
                 }
@@ -862,12 +1587,18 @@ pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
                 None => None,
                 Some(v) => {
                     if let Some(bad) = v.iter().find(|&&x| x < 1) {
-                        return Err(op_error(format!("output_shape must be positive, got {bad} in {v:?}")));
+                        return Err(op_error(format!(
+                            "output_shape must be positive, got {bad} in {v:?}"
+                        )));
                     }
                     Some(v.iter().map(|&x| x as usize).collect())
                 }
             };
-            Ok(Box::new(ConvTranspose { attrs, output_padding, output_shape }))
+            Ok(Box::new(ConvTranspose {
+                attrs,
+                output_padding,
+                output_shape,
+            }))
         }
         o => Err(op_error(format!("conv::build called for {o}"))),
     }
@@ -888,7 +1619,10 @@ mod tests {
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }
         fn tensor(&mut self, shape: &[usize]) -> Tensor {
-            Tensor::from_f32(shape.to_vec(), (0..numel(shape)).map(|_| self.next()).collect())
+            Tensor::from_f32(
+                shape.to_vec(),
+                (0..numel(shape)).map(|_| self.next()).collect(),
+            )
         }
     }
 
@@ -899,7 +1633,16 @@ mod tests {
         AttrValue::String(s.as_bytes().to_vec())
     }
     fn node(op: &str, attrs: Vec<(&str, AttrValue)>) -> Node {
-        Node::new("n", op, &["x", "w", "b"], &["y"], attrs.into_iter().map(|(k, v)| Attribute::new(k, v)).collect())
+        Node::new(
+            "n",
+            op,
+            &["x", "w", "b"],
+            &["y"],
+            attrs
+                .into_iter()
+                .map(|(k, v)| Attribute::new(k, v))
+                .collect(),
+        )
     }
     fn build_op(op: &str, attrs: Vec<(&str, AttrValue)>) -> Box<dyn Op> {
         build(&node(op, attrs), 17).unwrap()
@@ -920,7 +1663,10 @@ mod tests {
     fn close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "at {i}: {x} vs {y}"
+            );
         }
     }
 
@@ -953,14 +1699,16 @@ mod tests {
                             let mut inside = true;
                             let mut ii = vec![0; k.len()];
                             for a in 0..k.len() {
-                                let v = (o[a] * g.strides[a] + k[a] * g.dilations[a]) as isize - g.pads_begin[a] as isize;
+                                let v = (o[a] * g.strides[a] + k[a] * g.dilations[a]) as isize
+                                    - g.pads_begin[a] as isize;
                                 if v < 0 || v >= g.in_sp[a] as isize {
                                     inside = false;
                                 }
                                 ii[a] = v.max(0) as usize;
                             }
                             if inside {
-                                let xi = ((n * g.c_in + grp * cg + ci) * g.in_len()) + ravel(&ii, &g.in_sp);
+                                let xi = ((n * g.c_in + grp * cg + ci) * g.in_len())
+                                    + ravel(&ii, &g.in_sp);
                                 let wi = (oc * cg + ci) * g.k_len() + kp;
                                 acc += xv[xi] as f64 * wv[wi] as f64;
                             }
@@ -997,7 +1745,8 @@ mod tests {
                             let mut inside = true;
                             let mut oi = vec![0; k.len()];
                             for a in 0..k.len() {
-                                let v = (i[a] * g.strides[a] + k[a] * g.dilations[a]) as isize - g.pads_begin[a] as isize;
+                                let v = (i[a] * g.strides[a] + k[a] * g.dilations[a]) as isize
+                                    - g.pads_begin[a] as isize;
                                 if v < 0 || v >= g.out_sp[a] as isize {
                                     inside = false;
                                 }
@@ -1005,7 +1754,8 @@ mod tests {
                             }
                             if inside {
                                 let wi = (ci * cog + j) * g.k_len() + kp;
-                                out[(n * g.c_out + oc) * g.out_len() + ravel(&oi, &g.out_sp)] += xval * wv[wi] as f64;
+                                out[(n * g.c_out + oc) * g.out_len() + ravel(&oi, &g.out_sp)] +=
+                                    xval * wv[wi] as f64;
                             }
                         }
                     }
@@ -1023,7 +1773,12 @@ mod tests {
     }
 
     fn case(x: &[usize], w: &[usize], attrs: Vec<(&'static str, AttrValue)>, bias: bool) -> Case {
-        Case { x: x.to_vec(), w: w.to_vec(), attrs, bias }
+        Case {
+            x: x.to_vec(),
+            w: w.to_vec(),
+            attrs,
+            bias,
+        }
     }
 
     fn check_conv_cases(cases: Vec<Case>) {
@@ -1033,8 +1788,11 @@ mod tests {
             let x = rng.tensor(&c.x);
             let w = rng.tensor(&c.w);
             let b = c.bias.then(|| rng.tensor(&[c.w[0]]));
-            let y = run(o.as_ref(), &x, &w, b.as_ref()).unwrap_or_else(|e| panic!("case {ci}: {e}"));
-            let conv = Conv { attrs: ConvAttrs::from_node(&node("Conv", c.attrs.clone())).unwrap() };
+            let y =
+                run(o.as_ref(), &x, &w, b.as_ref()).unwrap_or_else(|e| panic!("case {ci}: {e}"));
+            let conv = Conv {
+                attrs: ConvAttrs::from_node(&node("Conv", c.attrs.clone())).unwrap(),
+            };
             let g = conv.geometry(&c.x, &c.w).unwrap();
             let want = ref_conv(&x, &w, b.as_ref(), &g);
             close(y.f32s().unwrap(), &want);
@@ -1055,18 +1813,39 @@ mod tests {
     fn conv_hand_auto_pad_matches_ort() {
         let x = Tensor::from_f32(vec![1, 1, 5], (0..5).map(|v| v as f32).collect());
         let w = Tensor::from_f32(vec![1, 1, 2], vec![1.0, 2.0]);
-        let up = build_op("Conv", vec![("auto_pad", string("SAME_UPPER")), ("strides", ints(&[2]))]);
-        assert_eq!(run(up.as_ref(), &x, &w, None).unwrap().f32s().unwrap(), &[2.0, 8.0, 4.0]);
-        let lo = build_op("Conv", vec![("auto_pad", string("SAME_LOWER")), ("strides", ints(&[2]))]);
-        assert_eq!(run(lo.as_ref(), &x, &w, None).unwrap().f32s().unwrap(), &[0.0, 5.0, 11.0]);
-        let va = build_op("Conv", vec![("auto_pad", string("VALID")), ("strides", ints(&[2]))]);
-        assert_eq!(run(va.as_ref(), &x, &w, None).unwrap().f32s().unwrap(), &[2.0, 8.0]);
+        let up = build_op(
+            "Conv",
+            vec![("auto_pad", string("SAME_UPPER")), ("strides", ints(&[2]))],
+        );
+        assert_eq!(
+            run(up.as_ref(), &x, &w, None).unwrap().f32s().unwrap(),
+            &[2.0, 8.0, 4.0]
+        );
+        let lo = build_op(
+            "Conv",
+            vec![("auto_pad", string("SAME_LOWER")), ("strides", ints(&[2]))],
+        );
+        assert_eq!(
+            run(lo.as_ref(), &x, &w, None).unwrap().f32s().unwrap(),
+            &[0.0, 5.0, 11.0]
+        );
+        let va = build_op(
+            "Conv",
+            vec![("auto_pad", string("VALID")), ("strides", ints(&[2]))],
+        );
+        assert_eq!(
+            run(va.as_ref(), &x, &w, None).unwrap().f32s().unwrap(),
+            &[2.0, 8.0]
+        );
     }
 
     #[test]
     fn conv_hand_dilation_asymmetric_pads_bias() {
         // Values from ONNX Runtime.
-        let o = build_op("Conv", vec![("dilations", ints(&[2, 1])), ("pads", ints(&[1, 0, 0, 1]))]);
+        let o = build_op(
+            "Conv",
+            vec![("dilations", ints(&[2, 1])), ("pads", ints(&[1, 0, 0, 1]))],
+        );
         let x = Tensor::from_f32(vec![1, 1, 4, 4], (0..16).map(|v| v as f32).collect());
         let w = Tensor::from_f32(vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]);
         let b = Tensor::from_f32(vec![1], vec![0.5]);
@@ -1084,31 +1863,194 @@ mod tests {
         let x = Tensor::from_f32(vec![1, 2, 4], (0..8).map(|v| v as f32).collect());
         let w = Tensor::from_f32(vec![3, 2, 1], vec![1.0, -1.0, 2.0, 3.0, 1.0, 1.0]);
         let y = run(o.as_ref(), &x, &w, None).unwrap();
-        assert_eq!(y.f32s().unwrap(), &[-4.0, -4.0, -4.0, -4.0, 12.0, 17.0, 22.0, 27.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(
+            y.f32s().unwrap(),
+            &[-4.0, -4.0, -4.0, -4.0, 12.0, 17.0, 22.0, 27.0, 4.0, 6.0, 8.0, 10.0]
+        );
     }
 
     #[test]
     fn conv_2d_many_configs() {
         check_conv_cases(vec![
             case(&[1, 3, 7, 7], &[4, 3, 3, 3], vec![], false),
-            case(&[2, 3, 7, 6], &[4, 3, 3, 3], vec![("pads", ints(&[1, 1, 1, 1]))], true),
-            case(&[2, 4, 9, 8], &[6, 4, 3, 2], vec![("strides", ints(&[2, 3])), ("pads", ints(&[0, 1, 2, 1]))], true),
-            case(&[1, 4, 10, 9], &[4, 4, 3, 3], vec![("dilations", ints(&[2, 3])), ("pads", ints(&[2, 1, 0, 3]))], false),
-            case(&[2, 6, 8, 8], &[9, 2, 3, 3], vec![("group", AttrValue::Int(3)), ("pads", ints(&[1, 1, 1, 1]))], true),
-            case(&[1, 8, 6, 6], &[4, 4, 1, 1], vec![("group", AttrValue::Int(2))], true),
+            case(
+                &[2, 3, 7, 6],
+                &[4, 3, 3, 3],
+                vec![("pads", ints(&[1, 1, 1, 1]))],
+                true,
+            ),
+            case(
+                &[2, 4, 9, 8],
+                &[6, 4, 3, 2],
+                vec![("strides", ints(&[2, 3])), ("pads", ints(&[0, 1, 2, 1]))],
+                true,
+            ),
+            case(
+                &[1, 4, 10, 9],
+                &[4, 4, 3, 3],
+                vec![("dilations", ints(&[2, 3])), ("pads", ints(&[2, 1, 0, 3]))],
+                false,
+            ),
+            case(
+                &[2, 6, 8, 8],
+                &[9, 2, 3, 3],
+                vec![("group", AttrValue::Int(3)), ("pads", ints(&[1, 1, 1, 1]))],
+                true,
+            ),
+            case(
+                &[1, 8, 6, 6],
+                &[4, 4, 1, 1],
+                vec![("group", AttrValue::Int(2))],
+                true,
+            ),
             case(&[3, 5, 6, 7], &[7, 5, 1, 1], vec![], true),
-            case(&[1, 5, 6, 7], &[7, 5, 1, 1], vec![("strides", ints(&[2, 2]))], false),
-            case(&[1, 5, 6, 7], &[7, 5, 1, 1], vec![("pads", ints(&[1, 0, 0, 1]))], false),
-            case(&[1, 3, 11, 10], &[5, 3, 3, 3], vec![("auto_pad", string("SAME_UPPER")), ("strides", ints(&[2, 2]))], true),
-            case(&[1, 3, 11, 10], &[5, 3, 4, 4], vec![("auto_pad", string("SAME_LOWER")), ("strides", ints(&[2, 3]))], true),
-            case(&[1, 3, 11, 10], &[5, 3, 3, 2], vec![("auto_pad", string("SAME_UPPER")), ("dilations", ints(&[2, 2]))], false),
-            case(&[1, 3, 11, 10], &[5, 3, 3, 3], vec![("auto_pad", string("VALID")), ("strides", ints(&[2, 1]))], false),
-            case(&[1, 3, 5, 5], &[2, 3, 3, 3], vec![("kernel_shape", ints(&[3, 3])), ("pads", ints(&[3, 3, 3, 3]))], true),
+            case(
+                &[1, 5, 6, 7],
+                &[7, 5, 1, 1],
+                vec![("strides", ints(&[2, 2]))],
+                false,
+            ),
+            case(
+                &[1, 5, 6, 7],
+                &[7, 5, 1, 1],
+                vec![("pads", ints(&[1, 0, 0, 1]))],
+                false,
+            ),
+            case(
+                &[1, 3, 11, 10],
+                &[5, 3, 3, 3],
+                vec![
+                    ("auto_pad", string("SAME_UPPER")),
+                    ("strides", ints(&[2, 2])),
+                ],
+                true,
+            ),
+            case(
+                &[1, 3, 11, 10],
+                &[5, 3, 4, 4],
+                vec![
+                    ("auto_pad", string("SAME_LOWER")),
+                    ("strides", ints(&[2, 3])),
+                ],
+                true,
+            ),
+            case(
+                &[1, 3, 11, 10],
+                &[5, 3, 3, 2],
+                vec![
+                    ("auto_pad", string("SAME_UPPER")),
+                    ("dilations", ints(&[2, 2])),
+                ],
+                false,
+            ),
+            case(
+                &[1, 3, 11, 10],
+                &[5, 3, 3, 3],
+                vec![("auto_pad", string("VALID")), ("strides", ints(&[2, 1]))],
+                false,
+            ),
+            case(
+                &[1, 3, 5, 5],
+                &[2, 3, 3, 3],
+                vec![
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("pads", ints(&[3, 3, 3, 3])),
+                ],
+                true,
+            ),
             // Big enough to take the parallel paths.
-            case(&[1, 16, 20, 20], &[32, 16, 3, 3], vec![("pads", ints(&[1, 1, 1, 1]))], true),
-            case(&[4, 16, 12, 12], &[16, 16, 3, 3], vec![("pads", ints(&[1, 1, 1, 1])), ("strides", ints(&[2, 2]))], false),
-            case(&[2, 32, 12, 12], &[64, 4, 3, 3], vec![("group", AttrValue::Int(8)), ("pads", ints(&[1, 1, 1, 1]))], true),
+            case(
+                &[1, 16, 20, 20],
+                &[32, 16, 3, 3],
+                vec![("pads", ints(&[1, 1, 1, 1]))],
+                true,
+            ),
+            case(
+                &[4, 16, 12, 12],
+                &[16, 16, 3, 3],
+                vec![("pads", ints(&[1, 1, 1, 1])), ("strides", ints(&[2, 2]))],
+                false,
+            ),
+            case(
+                &[2, 32, 12, 12],
+                &[64, 4, 3, 3],
+                vec![("group", AttrValue::Int(8)), ("pads", ints(&[1, 1, 1, 1]))],
+                true,
+            ),
             case(&[2, 64, 14, 14], &[128, 64, 1, 1], vec![], true),
+        ]);
+    }
+
+    #[test]
+    fn winograd_accuracy_close_to_direct() {
+        // The error relative to the largest output stays near f32 rounding
+        // (the 4x4-tile variant would be about 1e-5 here).
+        let mut rng = Rng(31337);
+        for &(c, h) in &[(64usize, 30usize), (256, 14)] {
+            let conv = Conv {
+                attrs: ConvAttrs::from_node(&node("Conv", vec![("pads", ints(&[1, 1, 1, 1]))]))
+                    .unwrap(),
+            };
+            let x = rng.tensor(&[1, c, h, h]);
+            let w = rng.tensor(&[8, c, 3, 3]);
+            let g = conv.geometry(x.shape(), w.shape()).unwrap();
+            assert!(winograd::applies(&g));
+            let y = conv_forward(x.f32s().unwrap(), w.f32s().unwrap(), None, &g);
+            let want = ref_conv(&x, &w, None, &g);
+            let maxy = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let maxe = y
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |a, (p, q)| a.max((p - q).abs()));
+            assert!(
+                maxe / maxy < 3e-6,
+                "c={c}: relative max error {}",
+                maxe / maxy
+            );
+        }
+    }
+
+    #[test]
+    fn conv_winograd_configs() {
+        let p1 = || ("pads", ints(&[1, 1, 1, 1]));
+        check_conv_cases(vec![
+            case(&[1, 16, 20, 20], &[16, 16, 3, 3], vec![p1()], true),
+            // odd output sizes (cropped edge tiles), channels not multiples of 8
+            case(&[1, 9, 19, 23], &[13, 9, 3, 3], vec![p1()], false),
+            case(
+                &[2, 12, 17, 18],
+                &[10, 12, 3, 3],
+                vec![("pads", ints(&[0, 2, 1, 0]))],
+                true,
+            ),
+            case(&[1, 8, 21, 16], &[8, 8, 3, 3], vec![], true),
+            case(
+                &[1, 8, 16, 16],
+                &[8, 8, 3, 3],
+                vec![("pads", ints(&[3, 3, 3, 3]))],
+                true,
+            ),
+            case(
+                &[1, 16, 15, 15],
+                &[24, 16, 3, 3],
+                vec![("auto_pad", string("SAME_LOWER"))],
+                true,
+            ),
+            case(
+                &[1, 16, 15, 15],
+                &[24, 16, 3, 3],
+                vec![("auto_pad", string("SAME_UPPER"))],
+                false,
+            ),
+            // groups, batch
+            case(
+                &[3, 32, 16, 16],
+                &[32, 16, 3, 3],
+                vec![p1(), ("group", AttrValue::Int(2))],
+                true,
+            ),
+            // large enough for the parallel tile blocks
+            case(&[1, 32, 40, 44], &[40, 32, 3, 3], vec![p1()], true),
         ]);
     }
 
@@ -1116,43 +2058,141 @@ mod tests {
     fn conv_depthwise_and_single_channel() {
         check_conv_cases(vec![
             // depthwise
-            case(&[1, 8, 9, 9], &[8, 1, 3, 3], vec![("group", AttrValue::Int(8)), ("pads", ints(&[1, 1, 1, 1]))], true),
+            case(
+                &[1, 8, 9, 9],
+                &[8, 1, 3, 3],
+                vec![("group", AttrValue::Int(8)), ("pads", ints(&[1, 1, 1, 1]))],
+                true,
+            ),
             // depthwise, stride 2, asymmetric pads
-            case(&[2, 6, 10, 9], &[6, 1, 3, 3], vec![("group", AttrValue::Int(6)), ("strides", ints(&[2, 2])), ("pads", ints(&[0, 1, 1, 0]))], false),
+            case(
+                &[2, 6, 10, 9],
+                &[6, 1, 3, 3],
+                vec![
+                    ("group", AttrValue::Int(6)),
+                    ("strides", ints(&[2, 2])),
+                    ("pads", ints(&[0, 1, 1, 0])),
+                ],
+                false,
+            ),
             // channel multiplier 3, dilation
-            case(&[1, 4, 9, 9], &[12, 1, 3, 3], vec![("group", AttrValue::Int(4)), ("dilations", ints(&[2, 2])), ("pads", ints(&[2, 2, 2, 2]))], true),
+            case(
+                &[1, 4, 9, 9],
+                &[12, 1, 3, 3],
+                vec![
+                    ("group", AttrValue::Int(4)),
+                    ("dilations", ints(&[2, 2])),
+                    ("pads", ints(&[2, 2, 2, 2])),
+                ],
+                true,
+            ),
             // single input channel, ordinary conv
-            case(&[2, 1, 12, 12], &[5, 1, 5, 5], vec![("pads", ints(&[2, 2, 2, 2]))], true),
+            case(
+                &[2, 1, 12, 12],
+                &[5, 1, 5, 5],
+                vec![("pads", ints(&[2, 2, 2, 2]))],
+                true,
+            ),
             // depthwise SAME_UPPER with stride
-            case(&[1, 5, 7, 8], &[5, 1, 5, 5], vec![("group", AttrValue::Int(5)), ("auto_pad", string("SAME_UPPER")), ("strides", ints(&[2, 2]))], false),
+            case(
+                &[1, 5, 7, 8],
+                &[5, 1, 5, 5],
+                vec![
+                    ("group", AttrValue::Int(5)),
+                    ("auto_pad", string("SAME_UPPER")),
+                    ("strides", ints(&[2, 2])),
+                ],
+                false,
+            ),
             // big depthwise (parallel path)
-            case(&[1, 32, 28, 28], &[32, 1, 3, 3], vec![("group", AttrValue::Int(32)), ("pads", ints(&[1, 1, 1, 1]))], true),
+            case(
+                &[1, 32, 28, 28],
+                &[32, 1, 3, 3],
+                vec![("group", AttrValue::Int(32)), ("pads", ints(&[1, 1, 1, 1]))],
+                true,
+            ),
             // 1-D and 3-D depthwise
-            case(&[1, 3, 20], &[6, 1, 4], vec![("group", AttrValue::Int(3)), ("strides", ints(&[3])), ("pads", ints(&[1, 2]))], true),
-            case(&[1, 2, 5, 6, 7], &[2, 1, 3, 2, 3], vec![("group", AttrValue::Int(2)), ("pads", ints(&[1, 0, 1, 1, 1, 0]))], true),
+            case(
+                &[1, 3, 20],
+                &[6, 1, 4],
+                vec![
+                    ("group", AttrValue::Int(3)),
+                    ("strides", ints(&[3])),
+                    ("pads", ints(&[1, 2])),
+                ],
+                true,
+            ),
+            case(
+                &[1, 2, 5, 6, 7],
+                &[2, 1, 3, 2, 3],
+                vec![
+                    ("group", AttrValue::Int(2)),
+                    ("pads", ints(&[1, 0, 1, 1, 1, 0])),
+                ],
+                true,
+            ),
         ]);
     }
 
     #[test]
     fn conv_1d_and_3d() {
         check_conv_cases(vec![
-            case(&[2, 3, 17], &[4, 3, 3], vec![("pads", ints(&[1, 2])), ("strides", ints(&[2])), ("dilations", ints(&[2]))], true),
-            case(&[1, 4, 10], &[6, 2, 5], vec![("group", AttrValue::Int(2)), ("auto_pad", string("SAME_LOWER"))], false),
-            case(&[1, 3, 6, 7, 5], &[4, 3, 3, 3, 2], vec![("pads", ints(&[1, 1, 0, 1, 0, 1])), ("strides", ints(&[2, 1, 2]))], true),
-            case(&[2, 4, 5, 5, 5], &[4, 2, 2, 3, 3], vec![("group", AttrValue::Int(2)), ("dilations", ints(&[2, 1, 1]))], false),
+            case(
+                &[2, 3, 17],
+                &[4, 3, 3],
+                vec![
+                    ("pads", ints(&[1, 2])),
+                    ("strides", ints(&[2])),
+                    ("dilations", ints(&[2])),
+                ],
+                true,
+            ),
+            case(
+                &[1, 4, 10],
+                &[6, 2, 5],
+                vec![
+                    ("group", AttrValue::Int(2)),
+                    ("auto_pad", string("SAME_LOWER")),
+                ],
+                false,
+            ),
+            case(
+                &[1, 3, 6, 7, 5],
+                &[4, 3, 3, 3, 2],
+                vec![
+                    ("pads", ints(&[1, 1, 0, 1, 0, 1])),
+                    ("strides", ints(&[2, 1, 2])),
+                ],
+                true,
+            ),
+            case(
+                &[2, 4, 5, 5, 5],
+                &[4, 2, 2, 3, 3],
+                vec![
+                    ("group", AttrValue::Int(2)),
+                    ("dilations", ints(&[2, 1, 1])),
+                ],
+                false,
+            ),
             case(&[1, 4, 4, 5, 6], &[8, 4, 1, 1, 1], vec![], true),
         ]);
     }
 
     #[test]
     fn conv_macs_and_geometry() {
-        let o = build_op("Conv", vec![("pads", ints(&[1, 1, 1, 1])), ("group", AttrValue::Int(2))]);
+        let o = build_op(
+            "Conv",
+            vec![("pads", ints(&[1, 1, 1, 1])), ("group", AttrValue::Int(2))],
+        );
         let fx = Fact::new(DType::F32, vec![2, 8, 10, 12]);
         let fw = Fact::new(DType::F32, vec![6, 4, 3, 3]);
         let out = o.infer(&[Some(&fx), Some(&fw), None]).unwrap();
         assert_eq!(out[0].shape, vec![2, 6, 10, 12]);
         // N * C_out * out spatial * C_in/group * kernel
-        assert_eq!(o.macs(&[Some(&fx), Some(&fw), None], &out), 2 * 6 * 120 * 4 * 9);
+        assert_eq!(
+            o.macs(&[Some(&fx), Some(&fw), None], &out),
+            2 * 6 * 120 * 4 * 9
+        );
     }
 
     #[test]
@@ -1161,46 +2201,91 @@ mod tests {
         let x = rng.tensor(&[1, 4, 5, 5]);
         let o = build_op("Conv", vec![]);
         // channel mismatch
-        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 3, 3, 3])), None]).is_err());
+        assert!(o
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 3, 3, 3])), None])
+            .is_err());
         // rank mismatch
-        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3])), None]).is_err());
+        assert!(o
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3])), None])
+            .is_err());
         // kernel bigger than input
-        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 6, 6])), None]).is_err());
+        assert!(o
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 6, 6])), None])
+            .is_err());
         // bad bias
-        assert!(o.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), Some(&rng.tensor(&[3]))]).is_err());
+        assert!(o
+            .eval(&[
+                Some(&x),
+                Some(&rng.tensor(&[2, 4, 3, 3])),
+                Some(&rng.tensor(&[3]))
+            ])
+            .is_err());
         // missing weight
         assert!(o.eval(&[Some(&x), None, None]).is_err());
         // rank 2 input, rank 6 input
-        assert!(o.eval(&[Some(&rng.tensor(&[4, 5])), Some(&rng.tensor(&[2, 5])), None]).is_err());
-        assert!(o.eval(&[Some(&rng.tensor(&[1, 1, 2, 2, 2, 2])), Some(&rng.tensor(&[1, 1, 1, 1, 1, 1])), None]).is_err());
+        assert!(o
+            .eval(&[Some(&rng.tensor(&[4, 5])), Some(&rng.tensor(&[2, 5])), None])
+            .is_err());
+        assert!(o
+            .eval(&[
+                Some(&rng.tensor(&[1, 1, 2, 2, 2, 2])),
+                Some(&rng.tensor(&[1, 1, 1, 1, 1, 1])),
+                None
+            ])
+            .is_err());
         // integer input
         let xi = Tensor::from_i64(vec![1, 1, 2, 2], vec![1, 2, 3, 4]);
         let wi = Tensor::from_i64(vec![1, 1, 1, 1], vec![1]);
         assert!(o.eval(&[Some(&xi), Some(&wi), None]).is_err());
         // group does not divide
         let g3 = build_op("Conv", vec![("group", AttrValue::Int(3))]);
-        assert!(g3.eval(&[Some(&x), Some(&rng.tensor(&[3, 1, 3, 3])), None]).is_err());
+        assert!(g3
+            .eval(&[Some(&x), Some(&rng.tensor(&[3, 1, 3, 3])), None])
+            .is_err());
         let g2 = build_op("Conv", vec![("group", AttrValue::Int(2))]);
-        assert!(g2.eval(&[Some(&x), Some(&rng.tensor(&[3, 2, 3, 3])), None]).is_err());
+        assert!(g2
+            .eval(&[Some(&x), Some(&rng.tensor(&[3, 2, 3, 3])), None])
+            .is_err());
         // kernel_shape disagreeing with the weight, wrong attribute lengths
         let ks = build_op("Conv", vec![("kernel_shape", ints(&[2, 2]))]);
-        assert!(ks.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+        assert!(ks
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None])
+            .is_err());
         let st = build_op("Conv", vec![("strides", ints(&[2]))]);
-        assert!(st.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+        assert!(st
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None])
+            .is_err());
         let pd = build_op("Conv", vec![("pads", ints(&[1, 1]))]);
-        assert!(pd.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+        assert!(pd
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None])
+            .is_err());
         // bad attributes at build time
         assert!(build(&node("Conv", vec![("strides", ints(&[0, 1]))]), 17).is_err());
         assert!(build(&node("Conv", vec![("dilations", ints(&[-1, 1]))]), 17).is_err());
         assert!(build(&node("Conv", vec![("group", AttrValue::Int(0))]), 17).is_err());
         assert!(build(&node("Conv", vec![("pads", ints(&[-1, 0, 0, 0]))]), 17).is_err());
         assert!(build(&node("Conv", vec![("auto_pad", string("SAME"))]), 17).is_err());
-        assert!(build(&node("Conv", vec![("auto_pad", string("VALID")), ("pads", ints(&[0, 0, 0, 0]))]), 17).is_err());
+        assert!(build(
+            &node(
+                "Conv",
+                vec![("auto_pad", string("VALID")), ("pads", ints(&[0, 0, 0, 0]))]
+            ),
+            17
+        )
+        .is_err());
         // empty kernel
-        assert!(o.eval(&[Some(&x), Some(&Tensor::from_f32(vec![2, 4, 0, 3], vec![])), None]).is_err());
+        assert!(o
+            .eval(&[
+                Some(&x),
+                Some(&Tensor::from_f32(vec![2, 4, 0, 3], vec![])),
+                None
+            ])
+            .is_err());
         // hostile strides do not overflow
         let big = build_op("Conv", vec![("dilations", ints(&[i64::MAX / 2, 1]))]);
-        assert!(big.eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None]).is_err());
+        assert!(big
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None])
+            .is_err());
     }
 
     #[test]
@@ -1221,7 +2306,10 @@ mod tests {
     // ----- ConvTranspose
 
     fn iota(shape: &[usize]) -> Tensor {
-        Tensor::from_f32(shape.to_vec(), (0..numel(shape)).map(|v| v as f32).collect())
+        Tensor::from_f32(
+            shape.to_vec(),
+            (0..numel(shape)).map(|v| v as f32).collect(),
+        )
     }
 
     #[test]
@@ -1233,17 +2321,42 @@ mod tests {
         let w1 = Tensor::from_f32(vec![1, 1, 1], vec![1.0]);
         let s2 = ("strides", ints(&[2]));
         let ev = |attrs: Vec<(&'static str, AttrValue)>, w: &Tensor| -> Vec<f32> {
-            run(build_op("ConvTranspose", attrs).as_ref(), &x, w, None).unwrap().f32s().unwrap().to_vec()
+            run(build_op("ConvTranspose", attrs).as_ref(), &x, w, None)
+                .unwrap()
+                .f32s()
+                .unwrap()
+                .to_vec()
         };
         assert_eq!(ev(vec![], &w3), vec![0.0, 1.0, 3.0, 3.0, 2.0]);
-        assert_eq!(ev(vec![s2.clone()], &w2), vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
-        assert_eq!(ev(vec![s2.clone()], &w3), vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0]);
-        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_UPPER"))], &w3), vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0]);
-        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_LOWER"))], &w3), vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]);
-        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_UPPER"))], &w5), vec![0.0, 1.0, 1.0, 3.0, 3.0, 3.0]);
-        assert_eq!(ev(vec![s2.clone(), ("auto_pad", string("SAME_LOWER"))], &w5), vec![1.0, 1.0, 3.0, 3.0, 3.0, 2.0]);
         assert_eq!(
-            ev(vec![("strides", ints(&[3])), ("auto_pad", string("SAME_UPPER"))], &w1),
+            ev(vec![s2.clone()], &w2),
+            vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone()], &w3),
+            vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("auto_pad", string("SAME_UPPER"))], &w3),
+            vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("auto_pad", string("SAME_LOWER"))], &w3),
+            vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("auto_pad", string("SAME_UPPER"))], &w5),
+            vec![0.0, 1.0, 1.0, 3.0, 3.0, 3.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("auto_pad", string("SAME_LOWER"))], &w5),
+            vec![1.0, 1.0, 3.0, 3.0, 3.0, 2.0]
+        );
+        assert_eq!(
+            ev(
+                vec![("strides", ints(&[3])), ("auto_pad", string("SAME_UPPER"))],
+                &w1
+            ),
             vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 2.0]
         );
         for (os, want) in [
@@ -1254,67 +2367,216 @@ mod tests {
             (6, vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]),
             (7, vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0]),
         ] {
-            assert_eq!(ev(vec![s2.clone(), ("output_shape", ints(&[os]))], &w3), want, "output_shape {os}");
+            assert_eq!(
+                ev(vec![s2.clone(), ("output_shape", ints(&[os]))], &w3),
+                want,
+                "output_shape {os}"
+            );
         }
         // pads are ignored when output_shape is given
         assert_eq!(
-            ev(vec![s2.clone(), ("output_shape", ints(&[6])), ("pads", ints(&[1, 1]))], &w3),
+            ev(
+                vec![
+                    s2.clone(),
+                    ("output_shape", ints(&[6])),
+                    ("pads", ints(&[1, 1]))
+                ],
+                &w3
+            ),
             vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]
         );
         assert_eq!(
-            ev(vec![s2.clone(), ("output_shape", ints(&[6])), ("output_padding", ints(&[1]))], &w3),
+            ev(
+                vec![
+                    s2.clone(),
+                    ("output_shape", ints(&[6])),
+                    ("output_padding", ints(&[1]))
+                ],
+                &w3
+            ),
             vec![0.0, 1.0, 1.0, 3.0, 2.0, 2.0]
         );
-        assert_eq!(ev(vec![s2.clone(), ("output_shape", ints(&[5])), ("auto_pad", string("SAME_UPPER"))], &w2), vec![0.0, 0.0, 1.0, 1.0, 2.0]);
-        assert_eq!(ev(vec![s2.clone(), ("output_padding", ints(&[1]))], &w3), vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0, 0.0]);
-        assert_eq!(ev(vec![s2.clone(), ("pads", ints(&[1, 2]))], &w3), vec![0.0, 1.0, 1.0, 3.0]);
-        assert_eq!(ev(vec![s2.clone(), ("dilations", ints(&[2]))], &w3), vec![0.0, 0.0, 1.0, 0.0, 3.0, 0.0, 3.0, 0.0, 2.0]);
+        assert_eq!(
+            ev(
+                vec![
+                    s2.clone(),
+                    ("output_shape", ints(&[5])),
+                    ("auto_pad", string("SAME_UPPER"))
+                ],
+                &w2
+            ),
+            vec![0.0, 0.0, 1.0, 1.0, 2.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("output_padding", ints(&[1]))], &w3),
+            vec![0.0, 0.0, 1.0, 1.0, 3.0, 2.0, 2.0, 0.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("pads", ints(&[1, 2]))], &w3),
+            vec![0.0, 1.0, 1.0, 3.0]
+        );
+        assert_eq!(
+            ev(vec![s2.clone(), ("dilations", ints(&[2]))], &w3),
+            vec![0.0, 0.0, 1.0, 0.0, 3.0, 0.0, 3.0, 0.0, 2.0]
+        );
     }
 
     #[test]
     fn conv_transpose_hand_group_bias() {
         // Values from ONNX Runtime.
-        let o = build_op("ConvTranspose", vec![("group", AttrValue::Int(2)), ("strides", ints(&[2])), ("output_padding", ints(&[1]))]);
+        let o = build_op(
+            "ConvTranspose",
+            vec![
+                ("group", AttrValue::Int(2)),
+                ("strides", ints(&[2])),
+                ("output_padding", ints(&[1])),
+            ],
+        );
         let x = iota(&[1, 2, 3]);
         let w = Tensor::from_f32(vec![2, 1, 2], vec![1.0, 2.0, -1.0, 1.0]);
         let b = Tensor::from_f32(vec![2], vec![1.0, -1.0]);
         let y = run(o.as_ref(), &x, &w, Some(&b)).unwrap();
         assert_eq!(y.shape(), &[1, 2, 7]);
-        assert_eq!(y.f32s().unwrap(), &[1.0, 1.0, 2.0, 3.0, 3.0, 5.0, 1.0, -4.0, 2.0, -5.0, 3.0, -6.0, 4.0, -1.0]);
+        assert_eq!(
+            y.f32s().unwrap(),
+            &[1.0, 1.0, 2.0, 3.0, 3.0, 5.0, 1.0, -4.0, 2.0, -5.0, 3.0, -6.0, 4.0, -1.0]
+        );
     }
 
     #[test]
     fn conv_transpose_many_configs() {
         let cases = vec![
             case(&[1, 3, 5, 5], &[3, 4, 3, 3], vec![], true),
-            case(&[2, 4, 5, 6], &[4, 3, 3, 3], vec![("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1])), ("output_padding", ints(&[1, 0]))], true),
-            case(&[1, 4, 5, 4], &[4, 2, 3, 2], vec![("strides", ints(&[3, 2])), ("dilations", ints(&[2, 1])), ("pads", ints(&[0, 1, 2, 0]))], false),
-            case(&[2, 6, 4, 4], &[6, 3, 3, 3], vec![("group", AttrValue::Int(3)), ("strides", ints(&[2, 2]))], true),
-            case(&[1, 4, 4, 4], &[4, 1, 4, 4], vec![("group", AttrValue::Int(4)), ("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1]))], true),
-            case(&[1, 3, 5, 5], &[3, 2, 3, 3], vec![("strides", ints(&[2, 2])), ("auto_pad", string("SAME_UPPER"))], false),
-            case(&[1, 3, 5, 5], &[3, 2, 4, 3], vec![("strides", ints(&[2, 3])), ("auto_pad", string("SAME_LOWER"))], true),
-            case(&[1, 3, 5, 5], &[3, 2, 3, 3], vec![("strides", ints(&[2, 2])), ("output_shape", ints(&[9, 10]))], true),
-            case(&[1, 3, 5, 5], &[3, 2, 3, 3], vec![("auto_pad", string("VALID"))], false),
+            case(
+                &[2, 4, 5, 6],
+                &[4, 3, 3, 3],
+                vec![
+                    ("strides", ints(&[2, 2])),
+                    ("pads", ints(&[1, 1, 1, 1])),
+                    ("output_padding", ints(&[1, 0])),
+                ],
+                true,
+            ),
+            case(
+                &[1, 4, 5, 4],
+                &[4, 2, 3, 2],
+                vec![
+                    ("strides", ints(&[3, 2])),
+                    ("dilations", ints(&[2, 1])),
+                    ("pads", ints(&[0, 1, 2, 0])),
+                ],
+                false,
+            ),
+            case(
+                &[2, 6, 4, 4],
+                &[6, 3, 3, 3],
+                vec![("group", AttrValue::Int(3)), ("strides", ints(&[2, 2]))],
+                true,
+            ),
+            case(
+                &[1, 4, 4, 4],
+                &[4, 1, 4, 4],
+                vec![
+                    ("group", AttrValue::Int(4)),
+                    ("strides", ints(&[2, 2])),
+                    ("pads", ints(&[1, 1, 1, 1])),
+                ],
+                true,
+            ),
+            case(
+                &[1, 3, 5, 5],
+                &[3, 2, 3, 3],
+                vec![
+                    ("strides", ints(&[2, 2])),
+                    ("auto_pad", string("SAME_UPPER")),
+                ],
+                false,
+            ),
+            case(
+                &[1, 3, 5, 5],
+                &[3, 2, 4, 3],
+                vec![
+                    ("strides", ints(&[2, 3])),
+                    ("auto_pad", string("SAME_LOWER")),
+                ],
+                true,
+            ),
+            case(
+                &[1, 3, 5, 5],
+                &[3, 2, 3, 3],
+                vec![("strides", ints(&[2, 2])), ("output_shape", ints(&[9, 10]))],
+                true,
+            ),
+            case(
+                &[1, 3, 5, 5],
+                &[3, 2, 3, 3],
+                vec![("auto_pad", string("VALID"))],
+                false,
+            ),
             case(&[1, 8, 6, 6], &[8, 4, 1, 1], vec![], true),
-            case(&[2, 3, 7], &[3, 2, 3], vec![("strides", ints(&[2])), ("pads", ints(&[2, 1]))], true),
-            case(&[1, 2, 3, 4, 3], &[2, 3, 2, 3, 2], vec![("strides", ints(&[2, 1, 2])), ("pads", ints(&[0, 1, 0, 1, 0, 1]))], true),
+            case(
+                &[2, 3, 7],
+                &[3, 2, 3],
+                vec![("strides", ints(&[2])), ("pads", ints(&[2, 1]))],
+                true,
+            ),
+            case(
+                &[1, 2, 3, 4, 3],
+                &[2, 3, 2, 3, 2],
+                vec![
+                    ("strides", ints(&[2, 1, 2])),
+                    ("pads", ints(&[0, 1, 0, 1, 0, 1])),
+                ],
+                true,
+            ),
             // parallel paths
-            case(&[1, 32, 16, 16], &[32, 16, 4, 4], vec![("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1]))], true),
-            case(&[4, 16, 10, 10], &[16, 8, 3, 3], vec![("strides", ints(&[2, 2])), ("output_padding", ints(&[1, 1]))], false),
+            case(
+                &[1, 32, 16, 16],
+                &[32, 16, 4, 4],
+                vec![("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1]))],
+                true,
+            ),
+            case(
+                &[4, 16, 10, 10],
+                &[16, 8, 3, 3],
+                vec![
+                    ("strides", ints(&[2, 2])),
+                    ("output_padding", ints(&[1, 1])),
+                ],
+                false,
+            ),
         ];
         let mut rng = Rng(12345);
         for (ci, c) in cases.into_iter().enumerate() {
             let o = build_op("ConvTranspose", c.attrs.clone());
             let x = rng.tensor(&c.x);
             let w = rng.tensor(&c.w);
-            let cout = c.w[1] * c.attrs.iter().find(|(k, _)| *k == "group").map(|(_, v)| if let AttrValue::Int(g) = v { *g as usize } else { 1 }).unwrap_or(1);
+            let cout = c.w[1]
+                * c.attrs
+                    .iter()
+                    .find(|(k, _)| *k == "group")
+                    .map(|(_, v)| {
+                        if let AttrValue::Int(g) = v {
+                            *g as usize
+                        } else {
+                            1
+                        }
+                    })
+                    .unwrap_or(1);
             let b = c.bias.then(|| rng.tensor(&[cout]));
-            let y = run(o.as_ref(), &x, &w, b.as_ref()).unwrap_or_else(|e| panic!("case {ci}: {e}"));
+            let y =
+                run(o.as_ref(), &x, &w, b.as_ref()).unwrap_or_else(|e| panic!("case {ci}: {e}"));
             let n = node("ConvTranspose", c.attrs.clone());
             let ct = ConvTranspose {
                 attrs: ConvAttrs::from_node(&n).unwrap(),
-                output_padding: n.attr_ints("output_padding").unwrap().map(|v| v.iter().map(|&x| x as usize).collect()),
-                output_shape: n.attr_ints("output_shape").unwrap().map(|v| v.iter().map(|&x| x as usize).collect()),
+                output_padding: n
+                    .attr_ints("output_padding")
+                    .unwrap()
+                    .map(|v| v.iter().map(|&x| x as usize).collect()),
+                output_shape: n
+                    .attr_ints("output_shape")
+                    .unwrap()
+                    .map(|v| v.iter().map(|&x| x as usize).collect()),
             };
             let g = ct.geometry(&c.x, &c.w).unwrap();
             let want = ref_conv_t(&x, &w, b.as_ref(), &g);
@@ -1324,21 +2586,37 @@ mod tests {
 
     #[test]
     fn conv_transpose_macs_and_errors() {
-        let o = build_op("ConvTranspose", vec![("strides", ints(&[2, 2])), ("group", AttrValue::Int(2))]);
+        let o = build_op(
+            "ConvTranspose",
+            vec![("strides", ints(&[2, 2])), ("group", AttrValue::Int(2))],
+        );
         let fx = Fact::new(DType::F32, vec![2, 4, 5, 6]);
         let fw = Fact::new(DType::F32, vec![4, 3, 3, 3]);
         let out = o.infer(&[Some(&fx), Some(&fw), None]).unwrap();
         assert_eq!(out[0].shape, vec![2, 6, 11, 13]);
-        assert_eq!(o.macs(&[Some(&fx), Some(&fw), None], &out), 2 * 4 * 30 * 3 * 9);
+        assert_eq!(
+            o.macs(&[Some(&fx), Some(&fw), None], &out),
+            2 * 4 * 30 * 3 * 9
+        );
 
         let mut rng = Rng(99);
         let x = rng.tensor(&[1, 2, 3]);
         let w = rng.tensor(&[2, 1, 3]);
-        let ev = |attrs: Vec<(&'static str, AttrValue)>, w: &Tensor| build_op("ConvTranspose", attrs).eval(&[Some(&x), Some(w), None]);
+        let ev = |attrs: Vec<(&'static str, AttrValue)>, w: &Tensor| {
+            build_op("ConvTranspose", attrs).eval(&[Some(&x), Some(w), None])
+        };
         // output_padding >= stride
-        assert!(ev(vec![("strides", ints(&[2])), ("output_padding", ints(&[2]))], &w).is_err());
+        assert!(ev(
+            vec![("strides", ints(&[2])), ("output_padding", ints(&[2]))],
+            &w
+        )
+        .is_err());
         // output_shape too large, wrong length
-        assert!(ev(vec![("strides", ints(&[2])), ("output_shape", ints(&[8]))], &w).is_err());
+        assert!(ev(
+            vec![("strides", ints(&[2])), ("output_shape", ints(&[8]))],
+            &w
+        )
+        .is_err());
         assert!(ev(vec![("output_shape", ints(&[1, 1, 5]))], &w).is_err());
         // pads consume everything
         assert!(ev(vec![("pads", ints(&[3, 3]))], &w).is_err());
@@ -1348,13 +2626,25 @@ mod tests {
         assert!(ev(vec![("group", AttrValue::Int(3))], &rng.tensor(&[2, 1, 3])).is_err());
         // bias of the wrong size
         let b = rng.tensor(&[2]);
-        assert!(build_op("ConvTranspose", vec![]).eval(&[Some(&x), Some(&w), Some(&b)]).is_err());
+        assert!(build_op("ConvTranspose", vec![])
+            .eval(&[Some(&x), Some(&w), Some(&b)])
+            .is_err());
         // negative output_padding at build time
-        assert!(build(&node("ConvTranspose", vec![("output_padding", ints(&[-1]))]), 17).is_err());
-        assert!(build(&node("ConvTranspose", vec![("output_shape", ints(&[0]))]), 17).is_err());
+        assert!(build(
+            &node("ConvTranspose", vec![("output_padding", ints(&[-1]))]),
+            17
+        )
+        .is_err());
+        assert!(build(
+            &node("ConvTranspose", vec![("output_shape", ints(&[0]))]),
+            17
+        )
+        .is_err());
         // empty spatial input
         let e = Tensor::from_f32(vec![1, 2, 0], vec![]);
-        assert!(build_op("ConvTranspose", vec![]).eval(&[Some(&e), Some(&w), None]).is_err());
+        assert!(build_op("ConvTranspose", vec![])
+            .eval(&[Some(&e), Some(&w), None])
+            .is_err());
     }
 
     #[test]
@@ -1365,7 +2655,8 @@ mod tests {
         assert_eq!(valid_range(5, 5, 1, 1), (0, 4));
         assert_eq!(valid_range(3, 5, 2, -1), (1, 3));
         assert_eq!(valid_range(3, 2, 1, 5), (0, 0));
-        assert_eq!(valid_range(3, 2, 1, -5), (0, 0));
+        let (lo, hi) = valid_range(3, 2, 1, -5);
+        assert_eq!(lo, hi);
         assert_eq!(valid_range(4, 7, 3, -2), (1, 3));
     }
 }

@@ -26,12 +26,13 @@ macro_rules! map_data {
         }
     };
 }
-pub(crate) use map_data;
 
 /// Builds Transpose, Concat, Split, Slice and Gather.
 pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
     match node.op_type.as_str() {
-        "Transpose" => Ok(Box::new(Transpose { perm: node.attr_ints("perm")? })),
+        "Transpose" => Ok(Box::new(Transpose {
+            perm: node.attr_ints("perm")?,
+        })),
         "Concat" => {
             let axis = match node.attr("axis") {
                 Some(_) => node.attr_int("axis", 0)?,
@@ -45,7 +46,10 @@ pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
             if n_out == 0 {
                 return Err(op_error("Split has no outputs"));
             }
-            let num_outputs = node.attr("num_outputs").map(|_| node.attr_int("num_outputs", 0)).transpose()?;
+            let num_outputs = node
+                .attr("num_outputs")
+                .map(|_| node.attr_int("num_outputs", 0))
+                .transpose()?;
             if let Some(k) = num_outputs {
                 if k as usize != n_out || k < 1 {
                     return Err(op_error(format!(
@@ -65,7 +69,9 @@ pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
             ends: node.attr_ints("ends")?,
             axes: node.attr_ints("axes")?,
         })),
-        "Gather" => Ok(Box::new(Gather { axis: node.attr_int("axis", 0)? })),
+        "Gather" => Ok(Box::new(Gather {
+            axis: node.attr_int("axis", 0)?,
+        })),
         o => Err(op_error(format!("layout::build called for {o}"))),
     }
 }
@@ -104,7 +110,12 @@ fn collapse(shape: &[usize], st: &[isize]) -> (Vec<usize>, Vec<isize>) {
 /// `src` into a new contiguous row-major vector. Every addressed element
 /// must lie inside `src` (out-of-range views panic on the slice index, they
 /// never read out of bounds). Runs in parallel for large outputs.
-pub fn strided_copy<T: Copy + Default + Send + Sync>(src: &[T], base: usize, shape: &[usize], st: &[isize]) -> Vec<T> {
+pub fn strided_copy<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    base: usize,
+    shape: &[usize],
+    st: &[isize],
+) -> Vec<T> {
     let n = numel(shape);
     if n == 0 {
         return Vec::new();
@@ -121,13 +132,15 @@ pub fn strided_copy<T: Copy + Default + Send + Sync>(src: &[T], base: usize, sha
         let row: usize = shape[1..].iter().product();
         let pieces = rayon::current_num_threads() * 4;
         let rows_per = shape[0].div_ceil(pieces).max(1);
-        out.par_chunks_mut(rows_per * row).enumerate().for_each(|(ci, chunk)| {
-            let r0 = ci * rows_per;
-            let mut sub = shape.clone();
-            sub[0] = chunk.len() / row;
-            let b = (base as isize + r0 as isize * st[0]) as usize;
-            copy_view(src, b, &sub, &st, chunk);
-        });
+        out.par_chunks_mut(rows_per * row)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                let r0 = ci * rows_per;
+                let mut sub = shape.clone();
+                sub[0] = chunk.len() / row;
+                let b = (base as isize + r0 as isize * st[0]) as usize;
+                copy_view(src, b, &sub, &st, chunk);
+            });
     } else {
         copy_view(src, base, &shape, &st, &mut out);
     }
@@ -245,14 +258,19 @@ impl Transpose {
             None => Ok((0..rank).rev().collect()),
             Some(p) => {
                 if p.len() != rank {
-                    return Err(op_error(format!("perm {p:?} has {} entries but the input has rank {rank}", p.len())));
+                    return Err(op_error(format!(
+                        "perm {p:?} has {} entries but the input has rank {rank}",
+                        p.len()
+                    )));
                 }
                 let mut seen = vec![false; rank];
                 let mut out = Vec::with_capacity(rank);
                 for &a in p {
                     let ok = a >= 0 && (a as usize) < rank && !seen[a as usize];
                     if !ok {
-                        return Err(op_error(format!("perm {p:?} is not a permutation of 0..{rank}")));
+                        return Err(op_error(format!(
+                            "perm {p:?} is not a permutation of 0..{rank}"
+                        )));
                     }
                     seen[a as usize] = true;
                     out.push(a as usize);
@@ -267,7 +285,10 @@ impl Op for Transpose {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let perm = self.perm_for(x.shape.len())?;
-        Ok(vec![Fact::new(x.dtype, perm.iter().map(|&a| x.shape[a]).collect())])
+        Ok(vec![Fact::new(
+            x.dtype,
+            perm.iter().map(|&a| x.shape[a]).collect(),
+        )])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
@@ -295,9 +316,14 @@ pub struct Concat {
 impl Concat {
     /// Output shape and normalised axis for the given input shapes and dtypes.
     fn plan(&self, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usize>, usize)> {
-        let first = *shapes.first().ok_or_else(|| op_error("Concat needs at least one input"))?;
+        let first = *shapes
+            .first()
+            .ok_or_else(|| op_error("Concat needs at least one input"))?;
         if let Some(d) = dtypes.iter().find(|&&d| d != dtypes[0]) {
-            return Err(op_error(format!("input types differ: {} and {d}", dtypes[0])));
+            return Err(op_error(format!(
+                "input types differ: {} and {d}",
+                dtypes[0]
+            )));
         }
         let rank = first.len();
         if rank == 0 {
@@ -307,7 +333,11 @@ impl Concat {
         let mut out = first.to_vec();
         out[ax] = 0;
         for s in shapes {
-            let same = s.len() == rank && s.iter().zip(first).enumerate().all(|(i, (a, b))| i == ax || a == b);
+            let same = s.len() == rank
+                && s.iter()
+                    .zip(first)
+                    .enumerate()
+                    .all(|(i, (a, b))| i == ax || a == b);
             if !same {
                 return Err(op_error(format!(
                     "input shapes {shapes:?} differ outside the concatenation axis {ax}"
@@ -326,16 +356,18 @@ fn concat_rows<T: Copy + Default + Send + Sync>(parts: &[(&[T], usize)], outer: 
     if n >= PAR_THRESHOLD && outer >= 2 {
         let mut out = vec![T::default(); n];
         let rows_per = (4096 / row.max(1)).max(1);
-        out.par_chunks_mut(rows_per * row).enumerate().for_each(|(ci, chunk)| {
-            for (k, dst) in chunk.chunks_exact_mut(row).enumerate() {
-                let o = ci * rows_per + k;
-                let mut at = 0;
-                for (src, len) in parts {
-                    dst[at..at + len].copy_from_slice(&src[o * len..(o + 1) * len]);
-                    at += len;
+        out.par_chunks_mut(rows_per * row)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (k, dst) in chunk.chunks_exact_mut(row).enumerate() {
+                    let o = ci * rows_per + k;
+                    let mut at = 0;
+                    for (src, len) in parts {
+                        dst[at..at + len].copy_from_slice(&src[o * len..(o + 1) * len]);
+                        at += len;
+                    }
                 }
-            }
-        });
+            });
         out
     } else {
         let mut out = Vec::with_capacity(n);
@@ -350,7 +382,9 @@ fn concat_rows<T: Copy + Default + Send + Sync>(parts: &[(&[T], usize)], outer: 
 
 impl Op for Concat {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
-        let facts: Vec<&Fact> = (0..inputs.len()).map(|i| fact(inputs, i)).collect::<Result<_>>()?;
+        let facts: Vec<&Fact> = (0..inputs.len())
+            .map(|i| fact(inputs, i))
+            .collect::<Result<_>>()?;
         let shapes: Vec<&[usize]> = facts.iter().map(|f| f.shape.as_slice()).collect();
         let dtypes: Vec<DType> = facts.iter().map(|f| f.dtype).collect();
         let (shape, _) = self.plan(&shapes, &dtypes)?;
@@ -358,7 +392,9 @@ impl Op for Concat {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-        let ts: Vec<&Tensor> = (0..inputs.len()).map(|i| input(inputs, i)).collect::<Result<_>>()?;
+        let ts: Vec<&Tensor> = (0..inputs.len())
+            .map(|i| input(inputs, i))
+            .collect::<Result<_>>()?;
         let shapes: Vec<&[usize]> = ts.iter().map(|t| t.shape()).collect();
         let dtypes: Vec<DType> = ts.iter().map(|t| t.dtype()).collect();
         let (shape, ax) = self.plan(&shapes, &dtypes)?;
@@ -367,15 +403,24 @@ impl Op for Concat {
         let inner = |t: &Tensor| -> usize { t.shape()[ax..].iter().product() };
         let data = match ts[0].data() {
             Data::F32(_) => {
-                let parts: Vec<(&[f32], usize)> = ts.iter().map(|t| Ok((t.f32s()?, inner(t)))).collect::<Result<_>>()?;
+                let parts: Vec<(&[f32], usize)> = ts
+                    .iter()
+                    .map(|t| Ok((t.f32s()?, inner(t))))
+                    .collect::<Result<_>>()?;
                 Data::F32(concat_rows(&parts, outer))
             }
             Data::I64(_) => {
-                let parts: Vec<(&[i64], usize)> = ts.iter().map(|t| Ok((t.i64s()?, inner(t)))).collect::<Result<_>>()?;
+                let parts: Vec<(&[i64], usize)> = ts
+                    .iter()
+                    .map(|t| Ok((t.i64s()?, inner(t))))
+                    .collect::<Result<_>>()?;
                 Data::I64(concat_rows(&parts, outer))
             }
             Data::Bool(_) => {
-                let parts: Vec<(&[bool], usize)> = ts.iter().map(|t| Ok((t.bools()?, inner(t)))).collect::<Result<_>>()?;
+                let parts: Vec<(&[bool], usize)> = ts
+                    .iter()
+                    .map(|t| Ok((t.bools()?, inner(t))))
+                    .collect::<Result<_>>()?;
                 Data::Bool(concat_rows(&parts, outer))
             }
         };
@@ -408,10 +453,16 @@ impl Split {
         let n = self.n_out;
         if let Some(s) = split_input.or_else(|| self.split.clone()) {
             if s.len() != n {
-                return Err(op_error(format!("split sizes {s:?} give {} pieces but the node has {n} outputs", s.len())));
+                return Err(op_error(format!(
+                    "split sizes {s:?} give {} pieces but the node has {n} outputs",
+                    s.len()
+                )));
             }
-            if s.iter().any(|&v| v < 0) || s.iter().map(|&v| v as i128).sum::<i128>() != dim as i128 {
-                return Err(op_error(format!("split sizes {s:?} do not add up to the axis size {dim}")));
+            if s.iter().any(|&v| v < 0) || s.iter().map(|&v| v as i128).sum::<i128>() != dim as i128
+            {
+                return Err(op_error(format!(
+                    "split sizes {s:?} do not add up to the axis size {dim}"
+                )));
             }
             return Ok(s.iter().map(|&v| v as usize).collect());
         }
@@ -419,13 +470,15 @@ impl Split {
             let chunk = dim.div_ceil(n);
             let rest = dim as i128 - (chunk as i128) * (n as i128 - 1);
             if rest < 1 {
-                return Err(op_error(format!("an axis of size {dim} cannot be split into {n} pieces")));
+                return Err(op_error(format!(
+                    "an axis of size {dim} cannot be split into {n} pieces"
+                )));
             }
             let mut v = vec![chunk; n];
             v[n - 1] = rest as usize;
             Ok(v)
         } else {
-            if dim % n != 0 {
+            if !dim.is_multiple_of(n) {
                 return Err(op_error(format!(
                     "an axis of size {dim} cannot be split evenly into {n} pieces (give split sizes)"
                 )));
@@ -436,7 +489,13 @@ impl Split {
 }
 
 /// The pieces of `src` (shaped `[outer, dim, inner]`) along the middle axis.
-fn split_rows<T: Copy>(src: &[T], outer: usize, dim: usize, inner: usize, sizes: &[usize]) -> Vec<Vec<T>> {
+fn split_rows<T: Copy>(
+    src: &[T],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    sizes: &[usize],
+) -> Vec<Vec<T>> {
     let mut at = 0;
     sizes
         .iter()
@@ -459,7 +518,10 @@ impl Op for Split {
         if x.shape.is_empty() {
             return Err(op_error("Split cannot split a scalar"));
         }
-        let sizes = self.sizes(x.shape[ax], known_ints(inputs, 1, "the split sizes of Split")?)?;
+        let sizes = self.sizes(
+            x.shape[ax],
+            known_ints(inputs, 1, "the split sizes of Split")?,
+        )?;
         Ok(sizes
             .iter()
             .map(|&s| {
@@ -483,9 +545,18 @@ impl Op for Split {
         let outer: usize = x.shape()[..ax].iter().product();
         let inner: usize = x.shape()[ax + 1..].iter().product();
         let pieces: Vec<Data> = match x.data() {
-            Data::F32(v) => split_rows(v, outer, dim, inner, &sizes).into_iter().map(Data::F32).collect(),
-            Data::I64(v) => split_rows(v, outer, dim, inner, &sizes).into_iter().map(Data::I64).collect(),
-            Data::Bool(v) => split_rows(v, outer, dim, inner, &sizes).into_iter().map(Data::Bool).collect(),
+            Data::F32(v) => split_rows(v, outer, dim, inner, &sizes)
+                .into_iter()
+                .map(Data::F32)
+                .collect(),
+            Data::I64(v) => split_rows(v, outer, dim, inner, &sizes)
+                .into_iter()
+                .map(Data::I64)
+                .collect(),
+            Data::Bool(v) => split_rows(v, outer, dim, inner, &sizes)
+                .into_iter()
+                .map(Data::Bool)
+                .collect(),
         };
         sizes
             .iter()
@@ -534,7 +605,11 @@ pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<SliceAx
     let d = dim as i128;
     let (mut s, mut e, st) = (start as i128, end as i128, step as i128);
     if d == 0 {
-        return Ok(SliceAxis { start: 0, len: 0, step });
+        return Ok(SliceAxis {
+            start: 0,
+            len: 0,
+            step,
+        });
     }
     if s < 0 {
         s += d;
@@ -560,7 +635,11 @@ pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<SliceAx
         }
     };
     let len = len as usize;
-    Ok(SliceAxis { start: if len == 0 { 0 } else { s as usize }, len, step: if len <= 1 { 1 } else { step } })
+    Ok(SliceAxis {
+        start: if len == 0 { 0 } else { s as usize },
+        len,
+        step: if len <= 1 { 1 } else { step },
+    })
 }
 
 impl Slice {
@@ -574,26 +653,47 @@ impl Slice {
         axes: Option<Vec<i64>>,
         steps: Option<Vec<i64>>,
     ) -> Result<Vec<SliceAxis>> {
-        let starts = starts
-            .or_else(|| self.starts.clone())
-            .ok_or_else(|| op_error("Slice needs starts (input 1, or the attribute before opset 10)"))?;
-        let ends = ends
-            .or_else(|| self.ends.clone())
-            .ok_or_else(|| op_error("Slice needs ends (input 2, or the attribute before opset 10)"))?;
+        let starts = starts.or_else(|| self.starts.clone()).ok_or_else(|| {
+            op_error("Slice needs starts (input 1, or the attribute before opset 10)")
+        })?;
+        let ends = ends.or_else(|| self.ends.clone()).ok_or_else(|| {
+            op_error("Slice needs ends (input 2, or the attribute before opset 10)")
+        })?;
         let rank = shape.len();
         if starts.len() != ends.len() {
-            return Err(op_error(format!("Slice has {} starts but {} ends", starts.len(), ends.len())));
+            return Err(op_error(format!(
+                "Slice has {} starts but {} ends",
+                starts.len(),
+                ends.len()
+            )));
         }
-        let axes = axes.or_else(|| self.axes.clone()).unwrap_or_else(|| (0..starts.len() as i64).collect());
+        let axes = axes
+            .or_else(|| self.axes.clone())
+            .unwrap_or_else(|| (0..starts.len() as i64).collect());
         if axes.len() != starts.len() {
-            return Err(op_error(format!("Slice has {} starts but {} axes", starts.len(), axes.len())));
+            return Err(op_error(format!(
+                "Slice has {} starts but {} axes",
+                starts.len(),
+                axes.len()
+            )));
         }
         let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
         if steps.len() != starts.len() {
-            return Err(op_error(format!("Slice has {} starts but {} steps", starts.len(), steps.len())));
+            return Err(op_error(format!(
+                "Slice has {} starts but {} steps",
+                starts.len(),
+                steps.len()
+            )));
         }
         let axes = unique_axes(&axes, rank)?;
-        let mut out: Vec<SliceAxis> = shape.iter().map(|&d| SliceAxis { start: 0, len: d, step: 1 }).collect();
+        let mut out: Vec<SliceAxis> = shape
+            .iter()
+            .map(|&d| SliceAxis {
+                start: 0,
+                len: d,
+                step: 1,
+            })
+            .collect();
         for (k, &a) in axes.iter().enumerate() {
             out[a] = slice_axis(shape[a], starts[k], ends[k], steps[k])?;
         }
@@ -611,21 +711,38 @@ impl Op for Slice {
             known_ints(inputs, 3, "the axes of Slice")?,
             known_ints(inputs, 4, "the steps of Slice")?,
         )?;
-        Ok(vec![Fact::new(x.dtype, plan.iter().map(|a| a.len).collect())])
+        Ok(vec![Fact::new(
+            x.dtype,
+            plan.iter().map(|a| a.len).collect(),
+        )])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let x = input(inputs, 0)?;
         computable(x.dtype())?;
         let get = |i: usize, what: &str| opt(inputs, i).map(|t| ints_input(t, what)).transpose();
-        let plan = self.plan(x.shape(), get(1, "starts")?, get(2, "ends")?, get(3, "axes")?, get(4, "steps")?)?;
+        let plan = self.plan(
+            x.shape(),
+            get(1, "starts")?,
+            get(2, "ends")?,
+            get(3, "axes")?,
+            get(4, "steps")?,
+        )?;
         let ist = strides(x.shape());
         let shape: Vec<usize> = plan.iter().map(|a| a.len).collect();
         if numel(&shape) == 0 {
-            return Ok(vec![Tensor::new(x.dtype(), shape, map_data!(x.data(), _v => Vec::new()))?]);
+            return Ok(vec![Tensor::new(
+                x.dtype(),
+                shape,
+                map_data!(x.data(), _v => Vec::new()),
+            )?]);
         }
         let base: usize = plan.iter().zip(&ist).map(|(a, &s)| a.start * s).sum();
-        let st: Vec<isize> = plan.iter().zip(&ist).map(|(a, &s)| a.step as isize * s as isize).collect();
+        let st: Vec<isize> = plan
+            .iter()
+            .zip(&ist)
+            .map(|(a, &s)| a.step as isize * s as isize)
+            .collect();
         Ok(vec![view_tensor(x, base, &shape, &st)?])
     }
 }
@@ -656,7 +773,13 @@ impl Gather {
 }
 
 /// Rows `idx` of `src` seen as `[outer, dim, inner]`, for every outer index.
-fn gather_rows<T: Copy + Default + Send + Sync>(src: &[T], outer: usize, dim: usize, inner: usize, idx: &[usize]) -> Vec<T> {
+fn gather_rows<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    outer: usize,
+    dim: usize,
+    inner: usize,
+    idx: &[usize],
+) -> Vec<T> {
     let nidx = idx.len();
     let n = outer * nidx * inner;
     if n == 0 {
@@ -678,11 +801,13 @@ fn gather_rows<T: Copy + Default + Send + Sync>(src: &[T], outer: usize, dim: us
     let mut out = vec![T::default(); n];
     if n >= PAR_THRESHOLD && outer * nidx >= 2 {
         let rows_per = (4096 / inner).max(1);
-        out.par_chunks_mut(rows_per * inner).enumerate().for_each(|(ci, chunk)| {
-            for (k, dst) in chunk.chunks_exact_mut(inner).enumerate() {
-                copy_row(ci * rows_per + k, dst);
-            }
-        });
+        out.par_chunks_mut(rows_per * inner)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (k, dst) in chunk.chunks_exact_mut(inner).enumerate() {
+                    copy_row(ci * rows_per + k, dst);
+                }
+            });
     } else {
         for (r, dst) in out.chunks_exact_mut(inner).enumerate() {
             copy_row(r, dst);
@@ -695,7 +820,10 @@ impl Op for Gather {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, i) = (fact(inputs, 0)?, fact(inputs, 1)?);
         if i.dtype.storage() != Storage::Int {
-            return Err(op_error(format!("Gather indices must be integers, got {}", i.dtype)));
+            return Err(op_error(format!(
+                "Gather indices must be integers, got {}",
+                i.dtype
+            )));
         }
         let (shape, _) = self.plan(&x.shape, &i.shape)?;
         Ok(vec![Fact::new(x.dtype, shape)])
@@ -704,7 +832,12 @@ impl Op for Gather {
     fn eval(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let (x, it) = (input(inputs, 0)?, input(inputs, 1)?);
         computable(x.dtype())?;
-        let raw = it.i64s().map_err(|_| op_error(format!("Gather indices must be integers, got {}", it.dtype())))?;
+        let raw = it.i64s().map_err(|_| {
+            op_error(format!(
+                "Gather indices must be integers, got {}",
+                it.dtype()
+            ))
+        })?;
         let (shape, ax) = self.plan(x.shape(), it.shape())?;
         let dim = x.shape()[ax];
         let idx: Vec<usize> = raw
@@ -712,7 +845,9 @@ impl Op for Gather {
             .map(|&i| {
                 let j = if i < 0 { i + dim as i64 } else { i };
                 if j < 0 || j >= dim as i64 {
-                    Err(op_error(format!("index {i} is out of range for axis {ax} of size {dim}")))
+                    Err(op_error(format!(
+                        "index {i} is out of range for axis {ax} of size {dim}"
+                    )))
                 } else {
                     Ok(j as usize)
                 }
@@ -735,7 +870,16 @@ mod tests {
         let outs: Vec<String> = (0..n_out).map(|i| format!("o{i}")).collect();
         let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
         let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
-        Node::new("n", op, &ins, &outs, attrs.into_iter().map(|(k, v)| Attribute::new(k, v)).collect())
+        Node::new(
+            "n",
+            op,
+            &ins,
+            &outs,
+            attrs
+                .into_iter()
+                .map(|(k, v)| Attribute::new(k, v))
+                .collect(),
+        )
     }
     fn op(op: &str, n_out: usize, attrs: Vec<(&str, AttrValue)>, opset: i64) -> Box<dyn Op> {
         build(&node(op, 1, n_out, attrs), opset).unwrap()
@@ -753,7 +897,10 @@ mod tests {
     fn run(o: &dyn Op, ins: &[Option<&Tensor>]) -> Vec<Tensor> {
         let out = o.eval(ins).unwrap();
         // Shape inference must agree with evaluation, with values known.
-        let facts: Vec<Option<Fact>> = ins.iter().map(|t| t.map(|t| Fact::known(t.clone()))).collect();
+        let facts: Vec<Option<Fact>> = ins
+            .iter()
+            .map(|t| t.map(|t| Fact::known(t.clone())))
+            .collect();
         let frefs: Vec<Option<&Fact>> = facts.iter().map(|f| f.as_ref()).collect();
         let inferred = o.infer(&frefs).unwrap();
         assert_eq!(inferred.len(), out.len());
@@ -850,7 +997,9 @@ mod tests {
         for p in [&[0, 0][..], &[0, 2], &[0], &[-1, 0]] {
             let o = op("Transpose", 1, vec![("perm", ints(p))], 13);
             assert!(o.eval(&[Some(&x)]).is_err(), "{p:?}");
-            assert!(o.infer(&[Some(&Fact::new(DType::F32, vec![2, 3]))]).is_err());
+            assert!(o
+                .infer(&[Some(&Fact::new(DType::F32, vec![2, 3]))])
+                .is_err());
         }
     }
 
@@ -878,11 +1027,17 @@ mod tests {
     #[test]
     fn concat_ints_bools_and_large() {
         let o = op("Concat", 1, vec![("axis", AttrValue::Int(0))], 13);
-        let y = &run(&*o, &[Some(&i64t(&[1, 2])), Some(&i64t(&[3])), Some(&i64t(&[-1]))])[0];
+        let y = &run(
+            &*o,
+            &[Some(&i64t(&[1, 2])), Some(&i64t(&[3])), Some(&i64t(&[-1]))],
+        )[0];
         assert_eq!(y.i64s().unwrap(), &[1, 2, 3, -1]);
         let b1 = Tensor::from_bool(vec![1], vec![true]);
         let b2 = Tensor::from_bool(vec![2], vec![false, true]);
-        assert_eq!(run(&*o, &[Some(&b1), Some(&b2)])[0].bools().unwrap(), &[true, false, true]);
+        assert_eq!(
+            run(&*o, &[Some(&b1), Some(&b2)])[0].bools().unwrap(),
+            &[true, false, true]
+        );
         // Large: parallel path against a simple reference.
         let a = iota(&[64, 300, 3]);
         let b = iota(&[64, 200, 3]);
@@ -892,7 +1047,10 @@ mod tests {
         let (av, bv, yv) = (a.f32s().unwrap(), b.f32s().unwrap(), y.f32s().unwrap());
         for r in 0..64 {
             assert_eq!(&yv[r * 1500..r * 1500 + 900], &av[r * 900..(r + 1) * 900]);
-            assert_eq!(&yv[r * 1500 + 900..(r + 1) * 1500], &bv[r * 600..(r + 1) * 600]);
+            assert_eq!(
+                &yv[r * 1500 + 900..(r + 1) * 1500],
+                &bv[r * 600..(r + 1) * 600]
+            );
         }
     }
 
@@ -922,7 +1080,12 @@ mod tests {
         assert_eq!(y[0].shape(), &[2, 2]);
         assert_eq!(f(&y[1]), vec![2., 3., 8., 9.]);
         // Sizes as attribute (opset 11), negative axis.
-        let o = op("Split", 2, vec![("axis", AttrValue::Int(-1)), ("split", ints(&[1, 5]))], 11);
+        let o = op(
+            "Split",
+            2,
+            vec![("axis", AttrValue::Int(-1)), ("split", ints(&[1, 5]))],
+            11,
+        );
         let y = run(&*o, &[Some(&x)]);
         assert_eq!(f(&y[0]), vec![0., 6.]);
         assert_eq!(f(&y[1]), vec![1., 2., 3., 4., 5., 7., 8., 9., 10., 11.]);
@@ -956,22 +1119,32 @@ mod tests {
         assert!(op("Split", 3, vec![], 13).eval(&[Some(&x7)]).is_err());
         // Opset 18 when the last chunk would be empty (4 into 3: 2,2,0), like ORT.
         let x4 = iota(&[4]);
-        assert!(op("Split", 3, vec![("num_outputs", AttrValue::Int(3))], 18).eval(&[Some(&x4)]).is_err());
+        assert!(op("Split", 3, vec![("num_outputs", AttrValue::Int(3))], 18)
+            .eval(&[Some(&x4)])
+            .is_err());
         // Sizes that do not add up, negative, wrong count.
         let o = op("Split", 2, vec![], 13);
         assert!(o.eval(&[Some(&x7), Some(&i64t(&[3, 3]))]).is_err());
         assert!(o.eval(&[Some(&x7), Some(&i64t(&[8, -1]))]).is_err());
         assert!(o.eval(&[Some(&x7), Some(&i64t(&[7]))]).is_err());
         // num_outputs disagreeing with the node.
-        assert!(build(&node("Split", 1, 2, vec![("num_outputs", AttrValue::Int(3))]), 18).is_err());
+        assert!(build(
+            &node("Split", 1, 2, vec![("num_outputs", AttrValue::Int(3))]),
+            18
+        )
+        .is_err());
         // Unknown sizes in inference.
         let fx = Fact::new(DType::F32, vec![7]);
         let fs = Fact::new(DType::I64, vec![2]);
         let e = o.infer(&[Some(&fx), Some(&fs)]).unwrap_err().to_string();
         assert!(e.contains("computed at run time"), "{e}");
         // Bad axis, scalar.
-        assert!(op("Split", 2, vec![("axis", AttrValue::Int(1))], 13).eval(&[Some(&x7)]).is_err());
-        assert!(o.eval(&[Some(&Tensor::from_f32(vec![], vec![1.0]))]).is_err());
+        assert!(op("Split", 2, vec![("axis", AttrValue::Int(1))], 13)
+            .eval(&[Some(&x7)])
+            .is_err());
+        assert!(o
+            .eval(&[Some(&Tensor::from_f32(vec![], vec![1.0]))])
+            .is_err());
     }
 
     #[test]
@@ -1014,7 +1187,13 @@ mod tests {
         // x[:, ::-1] with axes=[-1], steps=[-1], end = INT64_MIN.
         let y = &run(
             &*o,
-            &[Some(&x), Some(&i64t(&[-1])), Some(&i64t(&[i64::MIN])), Some(&i64t(&[-1])), Some(&i64t(&[-1]))],
+            &[
+                Some(&x),
+                Some(&i64t(&[-1])),
+                Some(&i64t(&[i64::MIN])),
+                Some(&i64t(&[-1])),
+                Some(&i64t(&[-1])),
+            ],
         )[0];
         assert_eq!(f(y), vec![3., 2., 1., 0., 7., 6., 5., 4., 11., 10., 9., 8.]);
         // x[::-2, 1::2]: axes [0, 1], steps [-2, 2]
@@ -1031,14 +1210,34 @@ mod tests {
         assert_eq!(y.shape(), &[2, 2]);
         assert_eq!(f(y), vec![9., 11., 1., 3.]);
         // x[1:] via huge end, axes omitted but steps given as None.
-        let y = &run(&*o, &[Some(&x), Some(&i64t(&[1])), Some(&i64t(&[i64::MAX])), None, None])[0];
+        let y = &run(
+            &*o,
+            &[
+                Some(&x),
+                Some(&i64t(&[1])),
+                Some(&i64t(&[i64::MAX])),
+                None,
+                None,
+            ],
+        )[0];
         assert_eq!(f(y), vec![4., 5., 6., 7., 8., 9., 10., 11.]);
         // Empty result.
-        let y = &run(&*o, &[Some(&x), Some(&i64t(&[2])), Some(&i64t(&[1])), Some(&i64t(&[1]))])[0];
+        let y = &run(
+            &*o,
+            &[
+                Some(&x),
+                Some(&i64t(&[2])),
+                Some(&i64t(&[1])),
+                Some(&i64t(&[1])),
+            ],
+        )[0];
         assert_eq!(y.shape(), &[3, 0]);
         // Int data (shape arithmetic): shape[-2:].
         let s = i64t(&[1, 3, 224, 224]);
-        let y = &run(&*o, &[Some(&s), Some(&i64t(&[-2])), Some(&i64t(&[i64::MAX]))])[0];
+        let y = &run(
+            &*o,
+            &[Some(&s), Some(&i64t(&[-2])), Some(&i64t(&[i64::MAX]))],
+        )[0];
         assert_eq!(y.i64s().unwrap(), &[224, 224]);
     }
 
@@ -1059,17 +1258,28 @@ mod tests {
         )[0];
         assert_eq!(y.shape(), &[2, 2, 4, 2]);
         let want = [
-            36., 38., 31., 33., 26., 28., 21., 23., 56., 58., 51., 53., 46., 48., 41., 43., 96., 98., 91., 93., 86.,
-            88., 81., 83., 116., 118., 111., 113., 106., 108., 101., 103.,
+            36., 38., 31., 33., 26., 28., 21., 23., 56., 58., 51., 53., 46., 48., 41., 43., 96.,
+            98., 91., 93., 86., 88., 81., 83., 116., 118., 111., 113., 106., 108., 101., 103.,
         ];
         assert_eq!(f(y), want);
         // Large slice of the channel axis (contiguous blocks, parallel).
         let x = iota(&[2, 64, 32, 32]);
-        let y = &run(&*o, &[Some(&x), Some(&i64t(&[16])), Some(&i64t(&[48])), Some(&i64t(&[1]))])[0];
+        let y = &run(
+            &*o,
+            &[
+                Some(&x),
+                Some(&i64t(&[16])),
+                Some(&i64t(&[48])),
+                Some(&i64t(&[1])),
+            ],
+        )[0];
         assert_eq!(y.shape(), &[2, 32, 32, 32]);
         let (xv, yv) = (x.f32s().unwrap(), y.f32s().unwrap());
         for n in 0..2 {
-            assert_eq!(&yv[n * 32768..(n + 1) * 32768], &xv[n * 65536 + 16384..n * 65536 + 49152]);
+            assert_eq!(
+                &yv[n * 32768..(n + 1) * 32768],
+                &xv[n * 65536 + 16384..n * 65536 + 49152]
+            );
         }
     }
 
@@ -1079,7 +1289,11 @@ mod tests {
         let o = op(
             "Slice",
             1,
-            vec![("starts", ints(&[1])), ("ends", ints(&[1000])), ("axes", ints(&[1]))],
+            vec![
+                ("starts", ints(&[1])),
+                ("ends", ints(&[1000])),
+                ("axes", ints(&[1])),
+            ],
             9,
         );
         let y = &run(&*o, &[Some(&x)])[0];
@@ -1091,20 +1305,55 @@ mod tests {
         let x = iota(&[3, 4]);
         let o = op("Slice", 1, vec![], 13);
         let s = |v: &[i64]| i64t(v);
-        assert!(o.eval(&[Some(&x), Some(&s(&[0])), Some(&s(&[1, 2]))]).is_err());
-        assert!(o.eval(&[Some(&x), Some(&s(&[0])), Some(&s(&[1])), Some(&s(&[2]))]).is_err());
-        assert!(o.eval(&[Some(&x), Some(&s(&[0, 0])), Some(&s(&[1, 1])), Some(&s(&[1, -1]))]).is_err());
-        assert!(o.eval(&[Some(&x), Some(&s(&[0])), Some(&s(&[1])), Some(&s(&[0])), Some(&s(&[0]))]).is_err());
-        assert!(o.eval(&[Some(&x), Some(&s(&[0])), Some(&s(&[1])), Some(&s(&[0])), Some(&s(&[1, 1]))]).is_err());
+        assert!(o
+            .eval(&[Some(&x), Some(&s(&[0])), Some(&s(&[1, 2]))])
+            .is_err());
+        assert!(o
+            .eval(&[Some(&x), Some(&s(&[0])), Some(&s(&[1])), Some(&s(&[2]))])
+            .is_err());
+        assert!(o
+            .eval(&[
+                Some(&x),
+                Some(&s(&[0, 0])),
+                Some(&s(&[1, 1])),
+                Some(&s(&[1, -1]))
+            ])
+            .is_err());
+        assert!(o
+            .eval(&[
+                Some(&x),
+                Some(&s(&[0])),
+                Some(&s(&[1])),
+                Some(&s(&[0])),
+                Some(&s(&[0]))
+            ])
+            .is_err());
+        assert!(o
+            .eval(&[
+                Some(&x),
+                Some(&s(&[0])),
+                Some(&s(&[1])),
+                Some(&s(&[0])),
+                Some(&s(&[1, 1]))
+            ])
+            .is_err());
         assert!(o.eval(&[Some(&x), Some(&s(&[0]))]).is_err());
         let fl = Tensor::from_f32(vec![1], vec![0.0]);
         assert!(o.eval(&[Some(&x), Some(&fl), Some(&s(&[1]))]).is_err());
         let fx = Fact::new(DType::F32, vec![3, 4]);
         let fs = Fact::new(DType::I64, vec![1]);
         let known = Fact::known(s(&[1]));
-        let e = o.infer(&[Some(&fx), Some(&known), Some(&fs)]).unwrap_err().to_string();
-        assert!(e.contains("ends of Slice") && e.contains("computed at run time"), "{e}");
-        let y = o.infer(&[Some(&fx), Some(&known), Some(&Fact::known(s(&[3])))]).unwrap();
+        let e = o
+            .infer(&[Some(&fx), Some(&known), Some(&fs)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ends of Slice") && e.contains("computed at run time"),
+            "{e}"
+        );
+        let y = o
+            .infer(&[Some(&fx), Some(&known), Some(&Fact::known(s(&[3])))])
+            .unwrap();
         assert_eq!(y[0].shape, vec![2, 4]);
     }
 
@@ -1115,7 +1364,10 @@ mod tests {
         let idx = Tensor::from_i64(vec![2, 2], vec![0, 2, -1, 1]);
         let y = &run(&*o, &[Some(&x), Some(&idx)])[0];
         assert_eq!(y.shape(), &[2, 2, 4]);
-        assert_eq!(f(y), vec![0., 1., 2., 3., 8., 9., 10., 11., 8., 9., 10., 11., 4., 5., 6., 7.]);
+        assert_eq!(
+            f(y),
+            vec![0., 1., 2., 3., 8., 9., 10., 11., 8., 9., 10., 11., 4., 5., 6., 7.]
+        );
         let o = op("Gather", 1, vec![("axis", AttrValue::Int(-1))], 13);
         let idx = Tensor::from_i64(vec![2], vec![3, -4]);
         let y = &run(&*o, &[Some(&x), Some(&idx)])[0];
@@ -1158,23 +1410,39 @@ mod tests {
         let o = op("Gather", 1, vec![], 13);
         assert!(o.eval(&[Some(&x), Some(&i64t(&[3]))]).is_err());
         assert!(o.eval(&[Some(&x), Some(&i64t(&[-4]))]).is_err());
-        assert!(o.eval(&[Some(&x), Some(&Tensor::from_f32(vec![1], vec![0.0]))]).is_err());
-        assert!(o.eval(&[Some(&Tensor::from_f32(vec![], vec![1.0])), Some(&i64t(&[0]))]).is_err());
+        assert!(o
+            .eval(&[Some(&x), Some(&Tensor::from_f32(vec![1], vec![0.0]))])
+            .is_err());
+        assert!(o
+            .eval(&[
+                Some(&Tensor::from_f32(vec![], vec![1.0])),
+                Some(&i64t(&[0]))
+            ])
+            .is_err());
         let o2 = op("Gather", 1, vec![("axis", AttrValue::Int(2))], 13);
         assert!(o2.eval(&[Some(&x), Some(&i64t(&[0]))]).is_err());
         let fx = Fact::new(DType::F32, vec![3, 4]);
         let fi = Fact::new(DType::F32, vec![1]);
         assert!(o.infer(&[Some(&fx), Some(&fi)]).is_err());
         let fi = Fact::new(DType::I64, vec![5, 6]);
-        assert_eq!(o.infer(&[Some(&fx), Some(&fi)]).unwrap()[0].shape, vec![5, 6, 4]);
+        assert_eq!(
+            o.infer(&[Some(&fx), Some(&fi)]).unwrap()[0].shape,
+            vec![5, 6, 4]
+        );
     }
 
     #[test]
     fn strided_copy_broadcast_strides() {
         // A stride-0 axis repeats (used by Expand).
         let src = [1.0f32, 2.0, 3.0];
-        assert_eq!(strided_copy(&src, 0, &[3, 2], &[1, 0]), vec![1., 1., 2., 2., 3., 3.]);
-        assert_eq!(strided_copy(&src, 0, &[2, 3], &[0, 1]), vec![1., 2., 3., 1., 2., 3.]);
+        assert_eq!(
+            strided_copy(&src, 0, &[3, 2], &[1, 0]),
+            vec![1., 1., 2., 2., 3., 3.]
+        );
+        assert_eq!(
+            strided_copy(&src, 0, &[2, 3], &[0, 1]),
+            vec![1., 2., 3., 1., 2., 3.]
+        );
         assert_eq!(strided_copy(&src, 2, &[3], &[-1]), vec![3., 2., 1.]);
         assert_eq!(strided_copy(&src, 1, &[], &[]), vec![2.]);
     }

@@ -41,11 +41,19 @@ pub struct Fact {
 impl Fact {
     /// A fact without a known value.
     pub fn new(dtype: DType, shape: Vec<usize>) -> Fact {
-        Fact { dtype, shape, value: None }
+        Fact {
+            dtype,
+            shape,
+            value: None,
+        }
     }
     /// A fact for a known value.
     pub fn known(t: Tensor) -> Fact {
-        Fact { dtype: t.dtype(), shape: t.shape().to_vec(), value: Some(Arc::new(t)) }
+        Fact {
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            value: Some(Arc::new(t)),
+        }
     }
 }
 

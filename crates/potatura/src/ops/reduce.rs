@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::common::{axis, fact, fact_value, input, opt, PAR_THRESHOLD};
+use super::pool::with_simd;
 use super::{op_error, Fact, Op};
 use crate::error::Result;
 use crate::ir::{Data, Node, Tensor};
@@ -12,6 +13,7 @@ use crate::ir::{Data, Node, Tensor};
 /// Sum of a contiguous slice: 16 independent lanes (vectorisable) per block
 /// of 4096 values, blocks summed in turn, which keeps the rounding error
 /// small for long slices.
+#[inline(always)]
 pub fn sum_f32(x: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut total = 0.0f32;
@@ -34,6 +36,7 @@ pub fn sum_f32(x: &[f32]) -> f32 {
 }
 
 /// Maximum of a contiguous slice (NaNs are skipped; `-inf` when empty).
+#[inline(always)]
 pub fn max_f32(x: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [f32::NEG_INFINITY; LANES];
@@ -114,11 +117,18 @@ impl Reduce {
             match axes_input {
                 Some(Some(t)) => {
                     if t.dtype().storage() != crate::ir::Storage::Int {
-                        return Err(op_error(format!("axes must be an integer tensor, got {}", t.dtype())));
+                        return Err(op_error(format!(
+                            "axes must be an integer tensor, got {}",
+                            t.dtype()
+                        )));
                     }
                     return Ok(Some(t.to_i64_vec()));
                 }
-                Some(None) => return Err(op_error("the axes input must be a constant to infer the output shape")),
+                Some(None) => {
+                    return Err(op_error(
+                        "the axes input must be a constant to infer the output shape",
+                    ))
+                }
                 None => {}
             }
         }
@@ -128,13 +138,19 @@ impl Reduce {
     fn plan(&self, rank: usize, raw: Option<Vec<i64>>) -> Result<Plan> {
         let raw = raw.unwrap_or_default();
         if raw.is_empty() {
-            return Ok(if self.noop_with_empty_axes { Plan::Identity } else { Plan::Axes(vec![true; rank]) });
+            return Ok(if self.noop_with_empty_axes {
+                Plan::Identity
+            } else {
+                Plan::Axes(vec![true; rank])
+            });
         }
         let mut mask = vec![false; rank];
         for &a in &raw {
             let b = axis(a, rank)?;
             if rank == 0 || mask[b] {
-                return Err(op_error(format!("axes {raw:?} are invalid for rank {rank} (repeated or out of range)")));
+                return Err(op_error(format!(
+                    "axes {raw:?} are invalid for rank {rank} (repeated or out of range)"
+                )));
             }
             mask[b] = true;
         }
@@ -143,9 +159,18 @@ impl Reduce {
 
     fn out_shape(&self, shape: &[usize], mask: &[bool]) -> Vec<usize> {
         if self.keepdims {
-            shape.iter().zip(mask).map(|(&d, &m)| if m { 1 } else { d }).collect()
+            shape
+                .iter()
+                .zip(mask)
+                .map(|(&d, &m)| if m { 1 } else { d })
+                .collect()
         } else {
-            shape.iter().zip(mask).filter(|(_, &m)| !m).map(|(&d, _)| d).collect()
+            shape
+                .iter()
+                .zip(mask)
+                .filter(|(_, &m)| !m)
+                .map(|(&d, _)| d)
+                .collect()
         }
     }
 }
@@ -168,36 +193,60 @@ fn reduce_group<T: Copy + Send + Sync>(
     }
     let par = x.len() >= PAR_THRESHOLD;
     if inner == 1 {
-        let f = |(o, y): (usize, &mut T)| *y = row(&x[o * r..(o + 1) * r]);
-        if par && outer > 1 {
-            let min = (PAR_THRESHOLD / r.max(1)).max(1);
-            out.par_iter_mut().enumerate().with_min_len(min).for_each(f);
+        // Groups of whole rows per task, compiled for AVX2 when available.
+        let per = if par {
+            (PAR_THRESHOLD / 4 / r.max(1)).max(1)
         } else {
-            out.iter_mut().enumerate().for_each(f);
+            outer
+        };
+        let f = |(t, ys): (usize, &mut [T])| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (k, y) in ys.iter_mut().enumerate() {
+                        let o = t * per + k;
+                        *y = row(&x[o * r..(o + 1) * r]);
+                    }
+                },
+            )
+        };
+        if par && outer > per {
+            out.par_chunks_mut(per).enumerate().for_each(f);
+        } else {
+            f((0, &mut out));
         }
         return out;
     }
     // Element-wise over rows of length `inner`.
     const CH: usize = 1024;
     let kernel = |o: usize, j0: usize, acc: &mut [T]| {
-        let base = o * r * inner + j0;
-        for rr in 0..r {
-            let src = &x[base + rr * inner..base + rr * inner + acc.len()];
-            for (a, &v) in acc.iter_mut().zip(src) {
-                *a = op(*a, v);
-            }
-        }
+        with_simd(
+            #[inline(always)]
+            || {
+                let base = o * r * inner + j0;
+                for rr in 0..r {
+                    let src = &x[base + rr * inner..base + rr * inner + acc.len()];
+                    for (a, &v) in acc.iter_mut().zip(src) {
+                        *a = op(*a, v);
+                    }
+                }
+            },
+        )
     };
     if par {
         out.par_chunks_mut(inner).enumerate().for_each(|(o, orow)| {
             if inner >= 2 * CH {
-                orow.par_chunks_mut(CH).enumerate().for_each(|(c, ch)| kernel(o, c * CH, ch));
+                orow.par_chunks_mut(CH)
+                    .enumerate()
+                    .for_each(|(c, ch)| kernel(o, c * CH, ch));
             } else {
                 kernel(o, 0, orow);
             }
         });
     } else {
-        out.chunks_mut(inner).enumerate().for_each(|(o, orow)| kernel(o, 0, orow));
+        out.chunks_mut(inner)
+            .enumerate()
+            .for_each(|(o, orow)| kernel(o, 0, orow));
     }
     out
 }
@@ -259,12 +308,22 @@ impl Op for Reduce {
             Plan::Axes(m) => m,
         };
         let shape = self.out_shape(x.shape(), &mask);
-        let count: usize = x.shape().iter().zip(&mask).filter(|(_, &m)| m).map(|(&d, _)| d).product();
+        let count: usize = x
+            .shape()
+            .iter()
+            .zip(&mask)
+            .filter(|(_, &m)| m)
+            .map(|(&d, _)| d)
+            .product();
         let out = match x.data() {
             Data::F32(v) => {
                 let r = match self.kind {
-                    Kind::Sum | Kind::Mean => reduce_all(v, x.shape(), &mask, 0.0, |a, b| a + b, sum_f32),
-                    Kind::Max => reduce_all(v, x.shape(), &mask, f32::NEG_INFINITY, |a, b| if b > a { b } else { a }, max_f32),
+                    Kind::Sum | Kind::Mean => {
+                        reduce_all(v, x.shape(), &mask, 0.0, |a, b| a + b, sum_f32)
+                    }
+                    Kind::Max => {
+                        reduce_all(v, x.shape(), &mask, f32::NEG_INFINITY, f32::max, max_f32)
+                    }
                 };
                 let r = if self.kind == Kind::Mean {
                     let n = count as f32;
@@ -276,16 +335,25 @@ impl Op for Reduce {
             }
             Data::I64(v) => {
                 let r = match self.kind {
-                    Kind::Sum | Kind::Mean => reduce_all(v, x.shape(), &mask, 0i64, i64::wrapping_add, |s: &[i64]| {
-                        s.iter().fold(0i64, |a, &b| a.wrapping_add(b))
-                    }),
-                    Kind::Max => reduce_all(v, x.shape(), &mask, i64::MIN, i64::max, |s: &[i64]| {
-                        s.iter().copied().max().unwrap_or(i64::MIN)
-                    }),
+                    Kind::Sum | Kind::Mean => reduce_all(
+                        v,
+                        x.shape(),
+                        &mask,
+                        0i64,
+                        i64::wrapping_add,
+                        |s: &[i64]| s.iter().fold(0i64, |a, &b| a.wrapping_add(b)),
+                    ),
+                    Kind::Max => {
+                        reduce_all(v, x.shape(), &mask, i64::MIN, i64::max, |s: &[i64]| {
+                            s.iter().copied().max().unwrap_or(i64::MIN)
+                        })
+                    }
                 };
                 let r = if self.kind == Kind::Mean {
                     let n = count as i64;
-                    r.into_iter().map(|s| if n == 0 { 0 } else { s / n }).collect()
+                    r.into_iter()
+                        .map(|s| if n == 0 { 0 } else { s / n })
+                        .collect()
                 } else {
                     r
                 };
@@ -304,10 +372,25 @@ mod tests {
 
     fn node(op: &str, n_in: usize, attrs: Vec<(&str, AttrValue)>) -> Node {
         let ins: Vec<&str> = ["x", "axes"][..n_in].to_vec();
-        Node::new("n", op, &ins, &["y"], attrs.into_iter().map(|(k, v)| Attribute::new(k, v)).collect())
+        Node::new(
+            "n",
+            op,
+            &ins,
+            &["y"],
+            attrs
+                .into_iter()
+                .map(|(k, v)| Attribute::new(k, v))
+                .collect(),
+        )
     }
 
-    fn run(op: &str, opset: i64, attrs: Vec<(&str, AttrValue)>, x: &Tensor, axes: Option<&[i64]>) -> Result<Tensor> {
+    fn run(
+        op: &str,
+        opset: i64,
+        attrs: Vec<(&str, AttrValue)>,
+        x: &Tensor,
+        axes: Option<&[i64]>,
+    ) -> Result<Tensor> {
         let n = node(op, if axes.is_some() { 2 } else { 1 }, attrs);
         let o = build(&n, opset)?;
         let a = axes.map(|a| Tensor::from_i64(vec![a.len()], a.to_vec()));
@@ -347,11 +430,27 @@ mod tests {
     #[test]
     fn reduce_mean_attr_axes_keepdims() {
         let x = x234();
-        let y = run("ReduceMean", 13, vec![("axes", AttrValue::Ints(vec![1]))], &x, None).unwrap();
+        let y = run(
+            "ReduceMean",
+            13,
+            vec![("axes", AttrValue::Ints(vec![1]))],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[2, 1, 4]);
         close(y.f32s().unwrap(), &[4., 5., 6., 7., 16., 17., 18., 19.]);
-        let y = run("ReduceMean", 13, vec![("axes", AttrValue::Ints(vec![-1])), ("keepdims", AttrValue::Int(0))], &x, None)
-            .unwrap();
+        let y = run(
+            "ReduceMean",
+            13,
+            vec![
+                ("axes", AttrValue::Ints(vec![-1])),
+                ("keepdims", AttrValue::Int(0)),
+            ],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[2, 3]);
         close(y.f32s().unwrap(), &[1.5, 5.5, 9.5, 13.5, 17.5, 21.5]);
         // all axes by default
@@ -364,16 +463,39 @@ mod tests {
     fn reduce_disjoint_axes() {
         let x = x234();
         // numpy: x.sum(axis=(0,2)) = [60, 92, 124]
-        let y = run("ReduceSum", 11, vec![("axes", AttrValue::Ints(vec![0, 2])), ("keepdims", AttrValue::Int(0))], &x, None)
-            .unwrap();
+        let y = run(
+            "ReduceSum",
+            11,
+            vec![
+                ("axes", AttrValue::Ints(vec![0, 2])),
+                ("keepdims", AttrValue::Int(0)),
+            ],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[3]);
         close(y.f32s().unwrap(), &[60., 92., 124.]);
         // x.max(axis=(0,2), keepdims) = [15,19,23]
-        let y = run("ReduceMax", 13, vec![("axes", AttrValue::Ints(vec![2, 0]))], &x, None).unwrap();
+        let y = run(
+            "ReduceMax",
+            13,
+            vec![("axes", AttrValue::Ints(vec![2, 0]))],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[1, 3, 1]);
         close(y.f32s().unwrap(), &[15., 19., 23.]);
         // x.mean(axis=(0,1)) = [10,11,12,13]
-        let y = run("ReduceMean", 18, vec![("keepdims", AttrValue::Int(0))], &x, Some(&[0, -2])).unwrap();
+        let y = run(
+            "ReduceMean",
+            18,
+            vec![("keepdims", AttrValue::Int(0))],
+            &x,
+            Some(&[0, -2]),
+        )
+        .unwrap();
         close(y.f32s().unwrap(), &[10., 11., 12., 13.]);
     }
 
@@ -384,30 +506,81 @@ mod tests {
         assert_eq!(y.shape(), &[2, 1, 4]);
         close(y.f32s().unwrap(), &[12., 15., 18., 21., 48., 51., 54., 57.]);
         // no axes input: everything
-        let y = run("ReduceSum", 13, vec![("keepdims", AttrValue::Int(0))], &x, None).unwrap();
+        let y = run(
+            "ReduceSum",
+            13,
+            vec![("keepdims", AttrValue::Int(0))],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[] as &[usize]);
         close(y.f32s().unwrap(), &[276.]);
         // empty axes input: everything, unless noop_with_empty_axes
         let y = run("ReduceSum", 13, vec![], &x, Some(&[])).unwrap();
         close(y.f32s().unwrap(), &[276.]);
-        let y = run("ReduceSum", 13, vec![("noop_with_empty_axes", AttrValue::Int(1))], &x, Some(&[])).unwrap();
+        let y = run(
+            "ReduceSum",
+            13,
+            vec![("noop_with_empty_axes", AttrValue::Int(1))],
+            &x,
+            Some(&[]),
+        )
+        .unwrap();
         assert_eq!(y, x);
-        let y = run("ReduceMax", 18, vec![("noop_with_empty_axes", AttrValue::Int(1))], &x, None).unwrap();
+        let y = run(
+            "ReduceMax",
+            18,
+            vec![("noop_with_empty_axes", AttrValue::Int(1))],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y, x);
     }
 
     #[test]
     fn reduce_max_negative_values_and_ints() {
         let x = Tensor::from_f32(vec![2, 2], vec![-5., -3., -7., -9.]);
-        let y = run("ReduceMax", 13, vec![("axes", AttrValue::Ints(vec![1]))], &x, None).unwrap();
+        let y = run(
+            "ReduceMax",
+            13,
+            vec![("axes", AttrValue::Ints(vec![1]))],
+            &x,
+            None,
+        )
+        .unwrap();
         close(y.f32s().unwrap(), &[-3., -7.]);
         let xi = Tensor::from_i64(vec![2, 3], vec![1, 5, 3, -4, -2, -8]);
-        let y = run("ReduceMax", 13, vec![("axes", AttrValue::Ints(vec![0])), ("keepdims", AttrValue::Int(0))], &xi, None)
-            .unwrap();
+        let y = run(
+            "ReduceMax",
+            13,
+            vec![
+                ("axes", AttrValue::Ints(vec![0])),
+                ("keepdims", AttrValue::Int(0)),
+            ],
+            &xi,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.i64s().unwrap(), &[1, 5, 3]);
-        let y = run("ReduceSum", 13, vec![("keepdims", AttrValue::Int(0))], &xi, Some(&[1])).unwrap();
+        let y = run(
+            "ReduceSum",
+            13,
+            vec![("keepdims", AttrValue::Int(0))],
+            &xi,
+            Some(&[1]),
+        )
+        .unwrap();
         assert_eq!(y.i64s().unwrap(), &[9, -14]);
-        let y = run("ReduceMean", 13, vec![("axes", AttrValue::Ints(vec![1]))], &xi, None).unwrap();
+        let y = run(
+            "ReduceMean",
+            13,
+            vec![("axes", AttrValue::Ints(vec![1]))],
+            &xi,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.i64s().unwrap(), &[3, -4]);
         assert_eq!(y.dtype(), DType::I64);
     }
@@ -416,9 +589,18 @@ mod tests {
     fn reduce_large_parallel_paths() {
         // [4, 300, 100]: reduce middle (strided) and last (contiguous)
         let shape = vec![4usize, 300, 100];
-        let v: Vec<f32> = (0..120_000).map(|i| ((i * 7919) % 101) as f32 / 10.0).collect();
+        let v: Vec<f32> = (0..120_000)
+            .map(|i| ((i * 7919) % 101) as f32 / 10.0)
+            .collect();
         let x = Tensor::from_f32(shape.clone(), v.clone());
-        let y = run("ReduceMean", 13, vec![("axes", AttrValue::Ints(vec![1]))], &x, None).unwrap();
+        let y = run(
+            "ReduceMean",
+            13,
+            vec![("axes", AttrValue::Ints(vec![1]))],
+            &x,
+            None,
+        )
+        .unwrap();
         let yv = y.f32s().unwrap();
         for o in 0..4 {
             for j in 0..100 {
@@ -426,16 +608,33 @@ mod tests {
                 assert!((yv[o * 100 + j] as f64 - s / 300.0).abs() < 1e-4);
             }
         }
-        let y = run("ReduceMax", 13, vec![("axes", AttrValue::Ints(vec![2]))], &x, None).unwrap();
+        let y = run(
+            "ReduceMax",
+            13,
+            vec![("axes", AttrValue::Ints(vec![2]))],
+            &x,
+            None,
+        )
+        .unwrap();
         let yv = y.f32s().unwrap();
         for (o, &m) in yv.iter().enumerate() {
-            let want = v[o * 100..(o + 1) * 100].iter().cloned().fold(f32::MIN, f32::max);
+            let want = v[o * 100..(o + 1) * 100]
+                .iter()
+                .cloned()
+                .fold(f32::MIN, f32::max);
             assert_eq!(m, want);
         }
         // outer = 1, wide inner: reduce axis 0 of [2, 70000]
         let v: Vec<f32> = (0..140_000).map(|i| (i % 13) as f32).collect();
         let x = Tensor::from_f32(vec![2, 70_000], v.clone());
-        let y = run("ReduceSum", 11, vec![("axes", AttrValue::Ints(vec![0]))], &x, None).unwrap();
+        let y = run(
+            "ReduceSum",
+            11,
+            vec![("axes", AttrValue::Ints(vec![0]))],
+            &x,
+            None,
+        )
+        .unwrap();
         let yv = y.f32s().unwrap();
         for j in [0, 1, 5000, 69_999] {
             assert_eq!(yv[j], v[j] + v[70_000 + j]);
@@ -445,13 +644,36 @@ mod tests {
     #[test]
     fn reduce_empty_and_size_one() {
         let x = Tensor::from_f32(vec![2, 0], vec![]);
-        let y = run("ReduceSum", 13, vec![("axes", AttrValue::Ints(vec![1]))], &x, None).unwrap();
+        let y = run(
+            "ReduceSum",
+            13,
+            vec![("axes", AttrValue::Ints(vec![1]))],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.f32s().unwrap(), &[0.0, 0.0]);
-        let y = run("ReduceMax", 13, vec![("axes", AttrValue::Ints(vec![1]))], &x, None).unwrap();
+        let y = run(
+            "ReduceMax",
+            13,
+            vec![("axes", AttrValue::Ints(vec![1]))],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.f32s().unwrap(), &[f32::NEG_INFINITY; 2]);
         let x = Tensor::from_f32(vec![3, 1], vec![1., 2., 3.]);
-        let y = run("ReduceSum", 11, vec![("axes", AttrValue::Ints(vec![1])), ("keepdims", AttrValue::Int(0))], &x, None)
-            .unwrap();
+        let y = run(
+            "ReduceSum",
+            11,
+            vec![
+                ("axes", AttrValue::Ints(vec![1])),
+                ("keepdims", AttrValue::Int(0)),
+            ],
+            &x,
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[3]);
         assert_eq!(y.f32s().unwrap(), &[1., 2., 3.]);
     }
@@ -459,9 +681,30 @@ mod tests {
     #[test]
     fn reduce_errors() {
         let x = x234();
-        assert!(run("ReduceSum", 11, vec![("axes", AttrValue::Ints(vec![3]))], &x, None).is_err());
-        assert!(run("ReduceSum", 11, vec![("axes", AttrValue::Ints(vec![-4]))], &x, None).is_err());
-        assert!(run("ReduceSum", 11, vec![("axes", AttrValue::Ints(vec![1, -2]))], &x, None).is_err());
+        assert!(run(
+            "ReduceSum",
+            11,
+            vec![("axes", AttrValue::Ints(vec![3]))],
+            &x,
+            None
+        )
+        .is_err());
+        assert!(run(
+            "ReduceSum",
+            11,
+            vec![("axes", AttrValue::Ints(vec![-4]))],
+            &x,
+            None
+        )
+        .is_err());
+        assert!(run(
+            "ReduceSum",
+            11,
+            vec![("axes", AttrValue::Ints(vec![1, -2]))],
+            &x,
+            None
+        )
+        .is_err());
         assert!(run("ReduceMean", 18, vec![], &x, Some(&[5])).is_err());
         // axes input of unknown value at inference time
         let o = build(&node("ReduceSum", 2, vec![]), 13).unwrap();
@@ -476,6 +719,10 @@ mod tests {
         let b = Tensor::from_bool(vec![2], vec![true, false]);
         assert!(run("ReduceSum", 11, vec![], &b, None).is_err());
         assert!(build(&node("ReduceMin", 1, vec![]), 13).is_err());
-        assert!(build(&node("ReduceSum", 1, vec![("keepdims", AttrValue::Float(1.0))]), 13).is_err());
+        assert!(build(
+            &node("ReduceSum", 1, vec![("keepdims", AttrValue::Float(1.0))]),
+            13
+        )
+        .is_err());
     }
 }

@@ -79,7 +79,10 @@ pub fn summarize(model: &Model, inputs: &[InputShape]) -> Result<Summary> {
     Ok(Summary {
         params: total_params,
         macs: nodes.iter().map(|r| r.macs).sum(),
-        inputs: inputs.iter().map(|i| (i.name.clone(), i.shape.clone())).collect(),
+        inputs: inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.shape.clone()))
+            .collect(),
         nodes,
     })
 }

@@ -32,20 +32,37 @@ fn run_tract(path: &Path, feeds: &[(String, Tensor)]) -> Vec<Vec<f32>> {
             Data::I64(_) => i64::datum_type(),
             Data::Bool(_) => bool::datum_type(),
         };
-        model.set_input_fact(i, InferenceFact::dt_shape(dt, t.shape())).unwrap();
+        model
+            .set_input_fact(i, InferenceFact::dt_shape(dt, t.shape()))
+            .unwrap();
     }
     let plan = model.into_optimized().unwrap().into_runnable().unwrap();
     let inputs: TVec<TValue> = feeds.iter().map(|(_, t)| to_tract(t).into()).collect();
     let out = plan.run(inputs).unwrap();
     out.iter()
-        .map(|o| o.cast_to::<f32>().unwrap().as_slice::<f32>().unwrap().to_vec())
+        .map(|o| {
+            o.cast_to::<f32>()
+                .unwrap()
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        })
         .collect()
 }
 
 fn feeds_for(entry: &serde_json::Value) -> Vec<(String, Tensor)> {
-    let m = entry["input_npy"].as_object().expect("input_npy in manifest");
+    let m = entry["input_npy"]
+        .as_object()
+        .expect("input_npy in manifest");
     m.iter()
-        .map(|(name, file)| (name.clone(), potatura::data::npy::read(&fixtures().join(file.as_str().unwrap())).unwrap()))
+        .map(|(name, file)| {
+            (
+                name.clone(),
+                potatura::data::npy::read(&fixtures().join(file.as_str().unwrap())).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -56,7 +73,11 @@ fn computable() -> Vec<(String, serde_json::Value)> {
     man.as_object()
         .unwrap()
         .iter()
-        .filter(|(k, v)| !k.starts_with("unknown_op") && !k.starts_with("meta_subgraph") && v.get("input_npy").is_some())
+        .filter(|(k, v)| {
+            !k.starts_with("unknown_op")
+                && !k.starts_with("meta_subgraph")
+                && v.get("input_npy").is_some()
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -64,19 +85,28 @@ fn computable() -> Vec<(String, serde_json::Value)> {
 #[test]
 fn executor_matches_tract_on_every_fixture() {
     let list = computable();
-    assert!(list.len() >= 10, "manifest lists {} computable fixtures", list.len());
+    assert!(
+        list.len() >= 10,
+        "manifest lists {} computable fixtures",
+        list.len()
+    );
     for (file, entry) in list {
         let path = fixtures().join(&file);
         let model = potatura::onnx::load(&path).unwrap();
         let exec = Executor::new(&model).unwrap_or_else(|e| panic!("{file}: {e}"));
         let feeds = feeds_for(&entry);
-        let ours = exec.run(feeds.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let ours = exec
+            .run(feeds.clone())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
         let theirs = run_tract(&path, &feeds);
         assert_eq!(ours.len(), theirs.len(), "{file}: output count");
         for ((name, a), b) in ours.iter().zip(&theirs) {
             let a: Vec<f32> = a.to_f64_vec().into_iter().map(|x| x as f32).collect();
             let err = rel_max_err(&a, b);
-            assert!(err <= 1e-4, "{file}: output {name}: relative max error {err:e} vs tract");
+            assert!(
+                err <= 1e-4,
+                "{file}: output {name}: relative max error {err:e} vs tract"
+            );
         }
     }
 }
@@ -84,22 +114,37 @@ fn executor_matches_tract_on_every_fixture() {
 #[test]
 fn executor_matches_saved_onnxruntime_outputs() {
     for (file, entry) in computable() {
-        let Some(out) = entry.get("output_npy") else { continue };
+        let Some(out) = entry.get("output_npy") else {
+            continue;
+        };
         let outs: Vec<(String, String)> = match out {
             serde_json::Value::String(s) => vec![(String::new(), s.clone())],
-            serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect(),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect(),
             other => panic!("{file}: output_npy {other}"),
         };
         let model = potatura::onnx::load(&fixtures().join(&file)).unwrap();
-        let ours = Executor::new(&model).unwrap().run(feeds_for(&entry)).unwrap();
+        let ours = Executor::new(&model)
+            .unwrap()
+            .run(feeds_for(&entry))
+            .unwrap();
         for (i, (name, npy)) in outs.iter().enumerate() {
             let want = potatura::data::npy::read(&fixtures().join(npy)).unwrap();
-            let got = if name.is_empty() { &ours[i].1 } else { &ours.iter().find(|(n, _)| n == name).unwrap().1 };
+            let got = if name.is_empty() {
+                &ours[i].1
+            } else {
+                &ours.iter().find(|(n, _)| n == name).unwrap().1
+            };
             assert_eq!(got.shape(), want.shape(), "{file}: {npy}");
             let a: Vec<f32> = got.to_f64_vec().into_iter().map(|x| x as f32).collect();
             let b: Vec<f32> = want.to_f64_vec().into_iter().map(|x| x as f32).collect();
             let err = rel_max_err(&a, &b);
-            assert!(err <= 1e-4, "{file}: {npy}: relative max error {err:e} vs onnxruntime");
+            assert!(
+                err <= 1e-4,
+                "{file}: {npy}: relative max error {err:e} vs onnxruntime"
+            );
         }
     }
 }
@@ -114,11 +159,15 @@ fn mnist_example_classifies_its_bundled_test_images() {
     assert_eq!(x.shape(), &[5000, 1, 28, 28]);
     let pred = potatura::eval::predict(&exec, &x, 250).unwrap();
     let rep = potatura::eval::score(&pred, Some(y.i64s().unwrap()), None).unwrap();
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(ex.join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ex.join("expected.json")).unwrap()).unwrap();
     let want = expected["accuracy_first_5000"].as_f64().unwrap();
     let got = rep.accuracy.unwrap();
     // Same images, same weights: the same predictions as onnxruntime, up to
     // a sample whose top two logits tie within float error.
-    assert!((got - want).abs() <= 1.0 / 5000.0 + 1e-9, "accuracy {got} vs onnxruntime's {want}");
+    assert!(
+        (got - want).abs() <= 1.0 / 5000.0 + 1e-9,
+        "accuracy {got} vs onnxruntime's {want}"
+    );
     assert!(got > 0.98);
 }

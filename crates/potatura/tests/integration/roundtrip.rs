@@ -8,7 +8,13 @@ fn every_fixture_roundtrips_byte_identically() {
         let orig = std::fs::read(&p).unwrap();
         let m = potatura::onnx::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let bytes = potatura::onnx::to_bytes(&m).unwrap();
-        assert!(bytes == orig, "{}: re-encoded bytes differ ({} vs {} bytes)", p.display(), bytes.len(), orig.len());
+        assert!(
+            bytes == orig,
+            "{}: re-encoded bytes differ ({} vs {} bytes)",
+            p.display(),
+            bytes.len(),
+            orig.len()
+        );
     }
 }
 
@@ -20,7 +26,12 @@ fn save_writes_identical_files_including_external_data() {
         let m = potatura::onnx::load(&p).unwrap();
         let out = dir.join(p.file_name().unwrap());
         potatura::onnx::save(&m, &out).unwrap();
-        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&p).unwrap(), "{}", p.display());
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&p).unwrap(),
+            "{}",
+            p.display()
+        );
     }
     // The external-data fixture's data file is rewritten next to the copy.
     let src = super::common::fixtures().join("external_data.onnx.data");
@@ -46,7 +57,10 @@ fn saving_beside_the_source_never_overwrites_its_data_file() {
     let t = m.graph.initializers[0].to_tensor().unwrap();
     m.graph.initializers[0].set(&t).unwrap();
     potatura::onnx::save(&m, &dir.join("pruned.onnx")).unwrap();
-    assert_eq!(std::fs::read(dir.join("external_data.onnx.data")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.join("external_data.onnx.data")).unwrap(),
+        before
+    );
     assert!(dir.join("pruned.onnx.data").exists());
     let a = potatura::onnx::load(&dir.join("external_data.onnx")).unwrap();
     let b = potatura::onnx::load(&dir.join("pruned.onnx")).unwrap();
@@ -59,9 +73,15 @@ fn saving_beside_the_source_never_overwrites_its_data_file() {
 #[test]
 fn constant_node_weights_are_readable_as_constants() {
     let m = potatura::onnx::load(&super::common::fixtures().join("const_weights.onnx")).unwrap();
-    assert!(m.graph.initializers.is_empty(), "fixture stores weights in Constant nodes");
+    assert!(
+        m.graph.initializers.is_empty(),
+        "fixture stores weights in Constant nodes"
+    );
     let conv = m.graph.nodes.iter().find(|n| n.op_type == "Conv").unwrap();
-    let w = m.graph.const_tensor(&conv.inputs[1]).expect("conv weight found through its Constant node");
+    let w = m
+        .graph
+        .const_tensor(&conv.inputs[1])
+        .expect("conv weight found through its Constant node");
     assert_eq!(w.dims().len(), 4);
 }
 
@@ -69,7 +89,11 @@ fn constant_node_weights_are_readable_as_constants() {
 fn fp16_and_typed_field_tensors_decode() {
     let fx = super::common::fixtures();
     let m = potatura::onnx::load(&fx.join("fp16_weights.onnx")).unwrap();
-    assert!(m.graph.initializers.iter().any(|t| t.dtype() == potatura::ir::DType::F16));
+    assert!(m
+        .graph
+        .initializers
+        .iter()
+        .any(|t| t.dtype() == potatura::ir::DType::F16));
     for t in &m.graph.initializers {
         t.to_tensor().unwrap();
     }
