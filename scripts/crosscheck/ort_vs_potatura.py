@@ -68,8 +68,12 @@ def main():
                     np.save(p, v)
                     args += ["--input", f"{k}={p}"]
                 t0 = time.time()
-                subprocess.run(args, check=True, capture_output=True)
+                r = subprocess.run(args, capture_output=True, text=True)
                 t_pot = time.time() - t0
+                if r.returncode != 0:
+                    print(f"{name} {label}: potatura failed: {r.stderr.strip()}")
+                    worst = float("inf")
+                    continue
                 for o, r in zip(sess.get_outputs(), ref):
                     got = np.load(os.path.join(tmp, o.name.replace(":", "_").replace("/", "_") + ".npy"))
                     err = float(np.abs(got - r).max() / max(np.abs(r).max(), 1e-6))

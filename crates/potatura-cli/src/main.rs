@@ -84,6 +84,29 @@ impl ShapeArgs {
             .collect::<potatura::Result<Vec<_>>>()?;
         resolve_input_shapes(model, &overrides).with_context(|| format!("{}", path.display()))
     }
+
+    /// For commands whose data decides the shapes (`run`, `eval`): checks the
+    /// flag when given and returns the shapes it fixes, else nothing.
+    fn resolve_if_given(&self, model: &Model, path: &Path) -> Result<Vec<InputShape>> {
+        if self.input_shape.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.resolve(model, path)
+        }
+    }
+}
+
+/// Checks fed tensors against shapes fixed with --input-shape.
+fn check_fixed(fixed: &[InputShape], name: &str, shape: &[usize]) -> Result<()> {
+    if let Some(f) = fixed.iter().find(|f| f.name == name) {
+        if f.shape != shape {
+            bail!(
+                "input '{name}': --input-shape fixes it at {:?} but the data has shape {shape:?}",
+                f.shape
+            );
+        }
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Model> {
@@ -222,7 +245,7 @@ fn run_model(
     shapes: &ShapeArgs,
 ) -> Result<ExitCode> {
     let model = load(path)?;
-    let _ = shapes.resolve(&model, path)?;
+    let fixed = shapes.resolve_if_given(&model, path)?;
     let exec = Executor::new(&model).with_context(|| format!("{}", path.display()))?;
     let mut feeds = Vec::new();
     for spec in inputs {
@@ -230,6 +253,7 @@ fn run_model(
             bail!("--input '{spec}': expected NAME=FILE.npy");
         };
         let t = potatura::data::npy::read(Path::new(file))?;
+        check_fixed(&fixed, name, t.shape())?;
         feeds.push((name.to_string(), t));
     }
     let outs = exec
@@ -268,9 +292,16 @@ fn eval(
     shapes: &ShapeArgs,
 ) -> Result<ExitCode> {
     let model = load(path)?;
-    let _ = shapes.resolve(&model, path)?;
+    let fixed = shapes.resolve_if_given(&model, path)?;
     let exec = Executor::new(&model).with_context(|| format!("{}", path.display()))?;
     let x = potatura::data::load_tensor(data)?;
+    if let (Some(f), Some(spec)) = (fixed.first(), exec.inputs().first()) {
+        check_fixed(
+            &fixed,
+            &spec.name,
+            &[&[f.shape[0]], &x.shape()[1..]].concat(),
+        )?;
+    }
     let batch = fixed_batch(&exec).unwrap_or(batch);
     let t0 = std::time::Instant::now();
     let pred = potatura::eval::predict(&exec, &x, batch)

@@ -393,6 +393,16 @@ pub enum Kind {
     Greater,
     /// a < b (Bool output)
     Less,
+    /// a >= b (Bool output)
+    GreaterOrEqual,
+    /// a <= b (Bool output)
+    LessOrEqual,
+    /// a && b (Bool inputs and output)
+    And,
+    /// a || b (Bool inputs and output)
+    Or,
+    /// a ^ b (Bool inputs and output)
+    Xor,
     /// Element-wise maximum of any number of inputs (NaN propagates)
     Max,
     /// Element-wise minimum of any number of inputs (NaN propagates)
@@ -421,6 +431,11 @@ pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
         "Equal" => Kind::Equal,
         "Greater" => Kind::Greater,
         "Less" => Kind::Less,
+        "GreaterOrEqual" => Kind::GreaterOrEqual,
+        "LessOrEqual" => Kind::LessOrEqual,
+        "And" => Kind::And,
+        "Or" => Kind::Or,
+        "Xor" => Kind::Xor,
         "Max" => Kind::Max,
         "Min" => Kind::Min,
         o => return Err(op_error(format!("binary::build called for {o}"))),
@@ -716,6 +731,27 @@ impl Binary {
             (Kind::Less, Data::I64(x), Data::I64(y)) => {
                 broadcast_zip(x, ash, y, bsh, |p, q| p < q)?
             }
+            (Kind::GreaterOrEqual, Data::F32(x), Data::F32(y)) => {
+                broadcast_zip(x, ash, y, bsh, |p, q| p >= q)?
+            }
+            (Kind::GreaterOrEqual, Data::I64(x), Data::I64(y)) => {
+                broadcast_zip(x, ash, y, bsh, |p, q| p >= q)?
+            }
+            (Kind::LessOrEqual, Data::F32(x), Data::F32(y)) => {
+                broadcast_zip(x, ash, y, bsh, |p, q| p <= q)?
+            }
+            (Kind::LessOrEqual, Data::I64(x), Data::I64(y)) => {
+                broadcast_zip(x, ash, y, bsh, |p, q| p <= q)?
+            }
+            (Kind::And, Data::Bool(x), Data::Bool(y)) => {
+                broadcast_zip(x, ash, y, bsh, |p, q| p && q)?
+            }
+            (Kind::Or, Data::Bool(x), Data::Bool(y)) => {
+                broadcast_zip(x, ash, y, bsh, |p, q| p || q)?
+            }
+            (Kind::Xor, Data::Bool(x), Data::Bool(y)) => {
+                broadcast_zip(x, ash, y, bsh, |p, q| p ^ q)?
+            }
             _ => {
                 return Err(op_error(format!(
                     "{:?} does not support input types {} and {}",
@@ -756,6 +792,7 @@ impl Binary {
         let first = dts[0];
         let ok_type = match self.kind {
             Kind::Equal => first.storage() != crate::ir::Storage::None,
+            Kind::And | Kind::Or | Kind::Xor => first == DType::Bool,
             _ => first.is_float() || first.storage() == crate::ir::Storage::Int,
         };
         if !ok_type {
@@ -799,7 +836,14 @@ impl Op for Binary {
         }
         let shape = broadcast_shapes(&shapes.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         let dtype = match self.kind {
-            Kind::Equal | Kind::Greater | Kind::Less => DType::Bool,
+            Kind::Equal
+            | Kind::Greater
+            | Kind::Less
+            | Kind::GreaterOrEqual
+            | Kind::LessOrEqual
+            | Kind::And
+            | Kind::Or
+            | Kind::Xor => DType::Bool,
             _ => a.dtype,
         };
         Ok(vec![Fact::new(dtype, shape)])
@@ -832,7 +876,14 @@ impl Op for Binary {
             Kind::Add | Kind::Sub | Kind::Mul | Kind::Div => self.arith(a, b()?)?,
             Kind::Pow => self.pow(a, b()?)?,
             Kind::PRelu => self.prelu(a, b()?)?,
-            Kind::Equal | Kind::Greater | Kind::Less => self.compare(a, b()?)?,
+            Kind::Equal
+            | Kind::Greater
+            | Kind::Less
+            | Kind::GreaterOrEqual
+            | Kind::LessOrEqual
+            | Kind::And
+            | Kind::Or
+            | Kind::Xor => self.compare(a, b()?)?,
             Kind::Max | Kind::Min => {
                 if inputs.len() == 1 {
                     a.clone()
@@ -866,6 +917,41 @@ mod tests {
 
     fn f(shape: &[usize], v: &[f32]) -> Tensor {
         Tensor::from_f32(shape.to_vec(), v.to_vec())
+    }
+
+    #[test]
+    fn or_equal_comparisons_and_boolean_logic() {
+        let x = f(&[3], &[1.0, 2.0, 3.0]);
+        let y = f(&[1], &[2.0]);
+        assert_eq!(
+            run("GreaterOrEqual", &[&x, &y]).unwrap().bools().unwrap(),
+            &[false, true, true]
+        );
+        assert_eq!(
+            run("LessOrEqual", &[&x, &y]).unwrap().bools().unwrap(),
+            &[true, true, false]
+        );
+        let i = Tensor::from_i64(vec![2], vec![5, -1]);
+        let j = Tensor::from_i64(vec![2], vec![5, 0]);
+        assert_eq!(
+            run("GreaterOrEqual", &[&i, &j]).unwrap().bools().unwrap(),
+            &[true, false]
+        );
+        let a = Tensor::from_bool(vec![2, 2], vec![true, true, false, false]);
+        let b = Tensor::from_bool(vec![2], vec![true, false]);
+        assert_eq!(
+            run("And", &[&a, &b]).unwrap().bools().unwrap(),
+            &[true, false, false, false]
+        );
+        assert_eq!(
+            run("Or", &[&a, &b]).unwrap().bools().unwrap(),
+            &[true, true, true, false]
+        );
+        assert_eq!(
+            run("Xor", &[&a, &b]).unwrap().bools().unwrap(),
+            &[false, true, true, false]
+        );
+        assert!(run("And", &[&x, &y]).is_err());
     }
 
     fn i(shape: &[usize], v: &[i64]) -> Tensor {

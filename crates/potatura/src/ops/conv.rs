@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::common::{fact, input, opt};
-use super::matmul::{sgemm, MatRef};
+use super::matmul::{sgemm, MatRef, MAX_ELEMENTS};
 use super::{op_error, Fact, Op};
 use crate::error::Result;
 use crate::ir::{DType, Node, Storage, Tensor};
@@ -288,10 +288,14 @@ impl ConvGeom {
     }
 }
 
+/// Element count of an output shape, refusing more than [`MAX_ELEMENTS`].
 fn checked_prod(v: &[usize]) -> Result<usize> {
-    v.iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| op_error(format!("size {v:?} is too large")))
+    match v.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(n),
+        _ => Err(op_error(format!(
+            "output shape {v:?} has more than {MAX_ELEMENTS} values"
+        ))),
+    }
 }
 
 /// Effective kernel extent `(k - 1) * d + 1`.
@@ -443,13 +447,15 @@ fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, c: usize, len: usize) {
     }
 }
 
-/// im2col of one group: `x` holds `cg` channels of `g.in_len()` values;
-/// `col` receives `cg * k_len` rows of `g.out_len()` values.
-fn im2col(x: &[f32], cg: usize, g: &G3, col: &mut [f32], par: bool) {
-    let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
+/// im2col of one group for the output rows `rows` (flattened depth x
+/// height rows of `g.o[2]` values each): `x` holds `cg` channels of
+/// `g.in_len()` values; `col` receives `cg * k_len` rows of
+/// `rows.len() * g.o[2]` values.
+fn im2col(x: &[f32], cg: usize, g: &G3, rows: std::ops::Range<usize>, col: &mut [f32], par: bool) {
+    let (pin, ks) = (g.in_len(), g.k_len());
     let [_, ih, iw] = g.i;
-    let [od, oh, ow] = g.o;
-    let plane = oh * ow;
+    let [_, oh, ow] = g.o;
+    let pb = rows.len() * ow;
     let ranges: Vec<(isize, usize, usize)> = (0..g.k[2])
         .map(|kw| {
             let off = g.off(2, kw);
@@ -464,33 +470,26 @@ fn im2col(x: &[f32], cg: usize, g: &G3, col: &mut [f32], par: bool) {
             for kh in 0..g.k[1] {
                 let offh = g.off(1, kh);
                 for (kw, &(offw, lo, hi)) in ranges.iter().enumerate() {
-                    let row = &mut cc[((kd * g.k[1] + kh) * g.k[2] + kw) * p..][..p];
-                    for z in 0..od {
+                    let row = &mut cc[((kd * g.k[1] + kh) * g.k[2] + kw) * pb..][..pb];
+                    for r in rows.clone() {
+                        let (z, y) = (r / oh, r % oh);
+                        let dst = &mut row[(r - rows.start) * ow..][..ow];
                         let zi = (z * g.s[0]) as isize + offd;
-                        let dst_plane = &mut row[z * plane..(z + 1) * plane];
-                        if zi < 0 || zi >= g.i[0] as isize {
-                            dst_plane.fill(0.0);
+                        let yi = (y * g.s[1]) as isize + offh;
+                        if zi < 0 || zi >= g.i[0] as isize || yi < 0 || yi >= ih as isize {
+                            dst.fill(0.0);
                             continue;
                         }
-                        let src_plane = &xc[zi as usize * ih * iw..][..ih * iw];
-                        for y in 0..oh {
-                            let yi = (y * g.s[1]) as isize + offh;
-                            let dst = &mut dst_plane[y * ow..(y + 1) * ow];
-                            if yi < 0 || yi >= ih as isize {
-                                dst.fill(0.0);
-                                continue;
-                            }
-                            let src = &src_plane[yi as usize * iw..][..iw];
-                            dst[..lo].fill(0.0);
-                            dst[hi..].fill(0.0);
-                            if lo < hi {
-                                let start = (lo as isize * g.s[2] as isize + offw) as usize;
-                                if g.s[2] == 1 {
-                                    dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
-                                } else {
-                                    for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                                        *d = src[start + j * g.s[2]];
-                                    }
+                        let src = &xc[(zi as usize * ih + yi as usize) * iw..][..iw];
+                        dst[..lo].fill(0.0);
+                        dst[hi..].fill(0.0);
+                        if lo < hi {
+                            let start = (lo as isize * g.s[2] as isize + offw) as usize;
+                            if g.s[2] == 1 {
+                                dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                            } else {
+                                for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                                    *d = src[start + j * g.s[2]];
                                 }
                             }
                         }
@@ -499,12 +498,22 @@ fn im2col(x: &[f32], cg: usize, g: &G3, col: &mut [f32], par: bool) {
             }
         }
     };
-    let col = &mut col[..cg * ks * p];
+    let col = &mut col[..cg * ks * pb];
     if par && cg > 1 {
-        col.par_chunks_mut(ks * p).enumerate().for_each(one);
+        col.par_chunks_mut(ks * pb).enumerate().for_each(one);
     } else {
-        col.chunks_mut(ks * p).enumerate().for_each(one);
+        col.chunks_mut(ks * pb).enumerate().for_each(one);
     }
+}
+
+/// Largest im2col / col2im buffer (values) built at once; bigger ones are
+/// built and multiplied a block of rows at a time (tiny in unit tests, so
+/// they cover the blocking).
+const COL_LIMIT: usize = if cfg!(test) { 1 << 10 } else { 1 << 22 };
+
+/// Rows per block so that `row_len`-value rows fill at most [`COL_LIMIT`].
+fn rows_per_block(row_len: usize, rows: usize) -> usize {
+    (COL_LIMIT / row_len.max(1)).clamp(1, rows.max(1))
 }
 
 /// Runs `f` compiled with AVX2 and FMA when the CPU has them (the build
@@ -786,6 +795,12 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
     let cg = geom.c_in / geom.group;
     let mg = geom.c_out / geom.group;
     let kk = cg * ks;
+    assert_eq!(
+        x.len(),
+        geom.n * geom.c_in * pin,
+        "conv_forward: input size"
+    );
+    assert_eq!(w.len(), geom.c_out * kk, "conv_forward: weight size");
     let total = geom.n * geom.c_out * p;
     if total == 0 {
         return Vec::new();
@@ -809,7 +824,10 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
         return out;
     }
     let pointwise = geom.is_pointwise();
-    let scratch = if pointwise { 0 } else { kk * p };
+    let ow = g.o[2];
+    let nrows = g.o[0] * g.o[1];
+    let block = rows_per_block(kk * ow, nrows);
+    let scratch = if pointwise { 0 } else { kk * ow * block };
     let items = geom.n * geom.group;
     for_items(
         &mut out,
@@ -820,24 +838,40 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
             let (img, grp) = (item / geom.group, item % geom.group);
             let xg = &x[(img * geom.c_in + grp * cg) * pin..][..cg * pin];
             let wg = &w[grp * mg * kk..][..mg * kk];
-            let rhs = if pointwise {
-                xg
-            } else {
-                im2col(xg, cg, &g, col, par);
-                &col[..kk * p]
-            };
-            sgemm(
-                mg,
-                p,
-                kk,
-                1.0,
-                MatRef::row_major(wg, kk),
-                MatRef::row_major(rhs, p),
-                accumulate,
-                o,
-                p,
-                par,
-            );
+            if pointwise {
+                let rhs = MatRef::row_major(xg, p);
+                sgemm(
+                    mg,
+                    p,
+                    kk,
+                    1.0,
+                    MatRef::row_major(wg, kk),
+                    rhs,
+                    accumulate,
+                    o,
+                    p,
+                    par,
+                );
+                return;
+            }
+            for r0 in (0..nrows).step_by(block) {
+                let rows = r0..(r0 + block).min(nrows);
+                let pb = rows.len() * ow;
+                im2col(xg, cg, &g, rows, col, par);
+                let rhs = MatRef::row_major(&col[..kk * pb], pb);
+                sgemm(
+                    mg,
+                    pb,
+                    kk,
+                    1.0,
+                    MatRef::row_major(wg, kk),
+                    rhs,
+                    accumulate,
+                    &mut o[r0 * ow..],
+                    p,
+                    par,
+                );
+            }
         },
     );
     out
@@ -1395,45 +1429,47 @@ impl ConvTranspose {
     }
 }
 
-/// col2im of one output channel: adds `col` (`k_len` rows of `in_len`
-/// values) into the output plane `out`, where `g` is the geometry of the
-/// equivalent forward convolution (output → input).
-fn col2im_plane(col: &[f32], g: &G3, ranges: &[(isize, usize, usize)], out: &mut [f32]) {
+/// col2im of one output channel for the input rows `rows` (flattened
+/// depth x height rows of the transposed conv's input): adds `col`
+/// (`k_len` rows of `rows.len() * width` values) into the output plane
+/// `out`. `g` is the geometry of the equivalent forward convolution (output
+/// → input).
+fn col2im_plane(
+    col: &[f32],
+    g: &G3,
+    ranges: &[(isize, usize, usize)],
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
     // Here `g.o` is the transposed conv's input size (the forward conv's
     // output) and `g.i` its output size.
     let [_, oh, ow] = g.i;
-    let [id, ih, iw] = g.o;
-    let pin = id * ih * iw;
+    let [_, ih, iw] = g.o;
+    let pb = rows.len() * iw;
     for kd in 0..g.k[0] {
         for kh in 0..g.k[1] {
             for (kw, &(off, lo, hi)) in ranges.iter().enumerate() {
                 if lo >= hi {
                     continue;
                 }
-                let row = &col[((kd * g.k[1] + kh) * g.k[2] + kw) * pin..][..pin];
-                for z in 0..id {
+                let row = &col[((kd * g.k[1] + kh) * g.k[2] + kw) * pb..][..pb];
+                for r in rows.clone() {
+                    let (z, y) = (r / ih, r % ih);
                     let zo = (z * g.s[0]) as isize + g.off(0, kd);
-                    if zo < 0 || zo >= g.i[0] as isize {
+                    let yo = (y * g.s[1]) as isize + g.off(1, kh);
+                    if zo < 0 || zo >= g.i[0] as isize || yo < 0 || yo >= oh as isize {
                         continue;
                     }
-                    for y in 0..ih {
-                        let yo = (y * g.s[1]) as isize + g.off(1, kh);
-                        if yo < 0 || yo >= oh as isize {
-                            continue;
+                    let src = &row[(r - rows.start) * iw..][..iw];
+                    let dst = &mut out[(zo as usize * oh + yo as usize) * ow..][..ow];
+                    let start = (lo as isize * g.s[2] as isize + off) as usize;
+                    if g.s[2] == 1 {
+                        for (d, &s) in dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += s;
                         }
-                        let src = &row[(z * ih + y) * iw..][..iw];
-                        let dst = &mut out[(zo as usize * oh + yo as usize) * ow..][..ow];
-                        let start = (lo as isize * g.s[2] as isize + off) as usize;
-                        if g.s[2] == 1 {
-                            for (d, &s) in
-                                dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi])
-                            {
-                                *d += s;
-                            }
-                        } else {
-                            for (j, &s) in src[lo..hi].iter().enumerate() {
-                                dst[start + j * g.s[2]] += s;
-                            }
+                    } else {
+                        for (j, &s) in src[lo..hi].iter().enumerate() {
+                            dst[start + j * g.s[2]] += s;
                         }
                     }
                 }
@@ -1466,6 +1502,16 @@ pub fn conv_transpose_forward(
     let cig = geom.c_in / geom.group;
     let cog = geom.c_out / geom.group;
     let rows = cog * ks;
+    assert_eq!(
+        x.len(),
+        geom.n * geom.c_in * pin,
+        "conv_transpose_forward: input size"
+    );
+    assert_eq!(
+        w.len(),
+        geom.c_in * rows,
+        "conv_transpose_forward: weight size"
+    );
     let mut out = vec![0.0f32; geom.n * geom.c_out * p];
     if out.is_empty() {
         return out;
@@ -1481,37 +1527,56 @@ pub fn conv_transpose_forward(
             (off, lo, hi)
         })
         .collect();
+    let iw = g.o[2];
+    let nrows = g.o[0] * g.o[1];
+    let block = rows_per_block(rows * iw, nrows);
     let items = geom.n * geom.group;
     for_items(
         &mut out,
         items,
         rows * cig * pin,
-        rows * pin,
+        rows * iw * block,
         |item, o, col, par| {
             let (img, grp) = (item / geom.group, item % geom.group);
             let xg = &x[(img * geom.c_in + grp * cig) * pin..][..cig * pin];
             let wg = &w[grp * cig * rows..][..cig * rows];
-            let col = &mut col[..rows * pin];
-            // col[rows x pin] = W_gᵀ [rows x cig] · X_g [cig x pin]
-            sgemm(
-                rows,
-                pin,
-                cig,
-                1.0,
-                MatRef::transposed(wg, rows),
-                MatRef::row_major(xg, pin),
-                false,
-                col,
-                pin,
-                par,
-            );
-            let one = |(oc, plane): (usize, &mut [f32])| {
-                col2im_plane(&col[oc * ks * pin..][..ks * pin], &g, &ranges, plane)
-            };
-            if par {
-                o.par_chunks_mut(p).enumerate().for_each(one);
-            } else {
-                o.chunks_mut(p).enumerate().for_each(one);
+            for r0 in (0..nrows).step_by(block) {
+                let rws = r0..(r0 + block).min(nrows);
+                let pb = rws.len() * iw;
+                let col = &mut col[..rows * pb];
+                // col[rows x pb] = W_gᵀ [rows x cig] · X_g[:, block] [cig x pb]
+                let xb = MatRef {
+                    data: &xg[r0 * iw..],
+                    rs: pin,
+                    cs: 1,
+                };
+                sgemm(
+                    rows,
+                    pb,
+                    cig,
+                    1.0,
+                    MatRef::transposed(wg, rows),
+                    xb,
+                    false,
+                    col,
+                    pb,
+                    par,
+                );
+                let col = &*col;
+                let one = |(oc, plane): (usize, &mut [f32])| {
+                    col2im_plane(
+                        &col[oc * ks * pb..][..ks * pb],
+                        &g,
+                        &ranges,
+                        rws.clone(),
+                        plane,
+                    )
+                };
+                if par {
+                    o.par_chunks_mut(p).enumerate().for_each(one);
+                } else {
+                    o.chunks_mut(p).enumerate().for_each(one);
+                }
             }
         },
     );
@@ -2280,6 +2345,21 @@ mod tests {
                 Some(&Tensor::from_f32(vec![2, 4, 0, 3], vec![])),
                 None
             ])
+            .is_err());
+        // hostile pads: refused, not allocated
+        let hp = build_op(
+            "Conv",
+            vec![("pads", ints(&[1 << 30, 1 << 30, 1 << 30, 1 << 30]))],
+        );
+        assert!(hp
+            .eval(&[Some(&x), Some(&rng.tensor(&[2, 4, 3, 3])), None])
+            .is_err());
+        let ht = build_op(
+            "ConvTranspose",
+            vec![("strides", ints(&[1 << 30, 1 << 30]))],
+        );
+        assert!(ht
+            .eval(&[Some(&x), Some(&rng.tensor(&[4, 2, 3, 3])), None])
             .is_err());
         // hostile strides do not overflow
         let big = build_op("Conv", vec![("dilations", ints(&[i64::MAX / 2, 1]))]);

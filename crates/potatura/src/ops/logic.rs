@@ -19,6 +19,8 @@ pub enum Kind {
         /// Target type.
         to: DType,
     },
+    /// `Not`: logical negation of a Bool tensor.
+    Not,
 }
 
 /// A Where or Cast op.
@@ -32,6 +34,7 @@ pub struct Logic {
 pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
     let kind = match node.op_type.as_str() {
         "Where" => Kind::Where,
+        "Not" => Kind::Not,
         "Cast" => {
             if node.attr("to").is_none() {
                 return Err(op_error("Cast needs the attribute 'to'"));
@@ -208,6 +211,16 @@ impl Op for Logic {
                 }
                 Ok(vec![Fact::new(to, x.shape.clone())])
             }
+            Kind::Not => {
+                let x = fact(inputs, 0)?;
+                if x.dtype != DType::Bool {
+                    return Err(op_error(format!(
+                        "Not takes a bool tensor, got {}",
+                        x.dtype
+                    )));
+                }
+                Ok(vec![Fact::new(DType::Bool, x.shape.clone())])
+            }
         }
     }
 
@@ -217,6 +230,13 @@ impl Op for Logic {
                 Self::eval_where(input(inputs, 0)?, input(inputs, 1)?, input(inputs, 2)?)?
             }
             Kind::Cast { to } => cast(input(inputs, 0)?, to)?,
+            Kind::Not => {
+                let x = input(inputs, 0)?;
+                let v = x
+                    .bools()
+                    .map_err(|_| op_error(format!("Not takes a bool tensor, got {}", x.dtype())))?;
+                Tensor::from_bool(x.shape().to_vec(), v.iter().map(|b| !b).collect())
+            }
         };
         Ok(vec![out])
     }
@@ -254,6 +274,18 @@ mod tests {
 
     fn f(v: &[f32]) -> Tensor {
         Tensor::from_f32(vec![v.len()], v.to_vec())
+    }
+
+    #[test]
+    fn not_negates_bools_and_refuses_floats() {
+        let op = build(&Node::new("n", "Not", &["x"], &["y"], vec![]), 17).unwrap();
+        let x = Tensor::from_bool(vec![3], vec![true, false, true]);
+        assert_eq!(
+            op.eval(&[Some(&x)]).unwrap()[0].bools().unwrap(),
+            &[false, true, false]
+        );
+        let f = Tensor::from_f32(vec![1], vec![1.0]);
+        assert!(op.eval(&[Some(&f)]).is_err());
     }
 
     #[test]

@@ -9,6 +9,10 @@ use super::{op_error, Fact, Op};
 use crate::error::Result;
 use crate::ir::{strides, DType, Data, Node, Storage, Tensor};
 
+/// Most values an output of these ops (and the convolutions) may have: a
+/// guard against malformed models (2^31 values, 8 GiB of f32).
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
 /// Multiply-accumulates above which one GEMM is split over threads.
 pub const GEMM_PAR_MACS: usize = 1 << 17;
 
@@ -187,12 +191,14 @@ pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
     }
 }
 
-/// Checked element count of a shape.
+/// Element count of an output shape, refusing more than [`MAX_ELEMENTS`].
 fn checked_numel(shape: &[usize]) -> Result<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| op_error(format!("output shape {shape:?} is too large")))
+    match shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(n),
+        _ => Err(op_error(format!(
+            "output shape {shape:?} has more than {MAX_ELEMENTS} values"
+        ))),
+    }
 }
 
 fn check_computable(dt: DType) -> Result<()> {
@@ -313,6 +319,7 @@ impl Op for Gemm {
             )));
         }
         let (m, n, k) = self.dims(a.shape(), b.shape())?;
+        checked_numel(&[m, n])?;
         let c = opt(inputs, 2);
         if let Some(c) = c {
             if c.dtype() != a.dtype() {
@@ -1005,6 +1012,13 @@ mod tests {
         assert!(o.eval(&[Some(&a), None, None]).is_err());
         let ta = op("Gemm", vec![("transA", AttrValue::Int(1))]);
         assert!(ta.eval(&[Some(&a), Some(&b), None]).is_err());
+        // Empty inner dimension with a huge output: refused, not allocated.
+        let (ea, eb) = (
+            Tensor::from_f32(vec![1 << 20, 0], vec![]),
+            Tensor::from_f32(vec![0, 1 << 20], vec![]),
+        );
+        assert!(o.eval(&[Some(&ea), Some(&eb), None]).is_err());
+        assert!(op("MatMul", vec![]).eval(&[Some(&ea), Some(&eb)]).is_err());
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub static REGISTRY: &[(&str, Builder)] = &[
     ("Less", binary::build),
     ("Max", binary::build),
     ("Min", binary::build),
+    ("GreaterOrEqual", binary::build),
+    ("LessOrEqual", binary::build),
+    ("And", binary::build),
+    ("Or", binary::build),
+    ("Xor", binary::build),
     // conv.rs
     ("Conv", conv::build),
     ("ConvTranspose", conv::build),
@@ -118,6 +123,7 @@ pub static REGISTRY: &[(&str, Builder)] = &[
     // logic.rs
     ("Where", logic::build),
     ("Cast", logic::build),
+    ("Not", logic::build),
     // matmul.rs
     ("Gemm", matmul::build),
     ("MatMul", matmul::build),
