@@ -155,6 +155,39 @@ fn missing_external_data_names_the_file() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn external_data_outside_the_model_folder_is_refused() {
+    let dir = tmp("escape");
+    // Same-length substitution keeps every protobuf length valid.
+    let bytes = std::fs::read(fx("external_data.onnx")).unwrap();
+    let (from, to) = (
+        b"external_data.onnx.data".as_slice(),
+        b"../../../../etc/passwd0".as_slice(),
+    );
+    assert_eq!(from.len(), to.len());
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let mut replaced = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+            replaced += 1;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    assert!(replaced > 0);
+    let f = dir.join("escape.onnx");
+    std::fs::write(&f, &out).unwrap();
+    assert_fails(
+        &potatura(&["inspect", p(&f)]),
+        &["escapes the model's folder", "../../../../etc/passwd0"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A hand-encoded model whose only initializer claims 2^40 x 2^40 floats
 /// but carries 4 bytes: must be refused without allocating.
 #[test]

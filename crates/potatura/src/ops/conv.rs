@@ -1,14 +1,18 @@
 //! Convolutions: Conv and ConvTranspose (1-D, 2-D and 3-D, f32 compute).
 //!
-//! Conv runs one of three kernels:
+//! Conv runs one of four kernels:
 //! - one input channel per group (depthwise, with any channel multiplier,
-//!   or a single-channel input): a direct loop, parallel over output planes;
+//!   or a single-channel input): direct loops, parallel over output planes
+//!   (a fused nine-tap loop for 3x3 stride 1);
+//! - 2-D 3x3, stride 1, dilation 1 with at least 8 channels per group in
+//!   and out: Winograd F(2x2, 3x3) (16 GEMMs over tile blocks);
 //! - 1x1, stride 1, unpadded: one GEMM per (image, group) on the input as is;
-//! - otherwise im2col per (image, group) followed by a GEMM.
+//! - otherwise im2col per (image, group, block of output rows) + GEMM.
 //!
-//! ConvTranspose is a GEMM (`Wᵀ · X`) followed by col2im.
-//! Work is split over images and groups when there are enough of them,
-//! otherwise inside each GEMM and im2col/col2im.
+//! ConvTranspose is a GEMM (`Wᵀ · X`) per block of input rows followed by
+//! col2im. Work is split over images and groups when there are enough of
+//! them, otherwise inside each GEMM and im2col/col2im. Large scratch buffers
+//! are kept per thread between calls (see `with_scratch`).
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
