@@ -1677,23 +1677,7 @@ pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
 mod tests {
     use super::*;
     use crate::ir::{numel, AttrValue, Attribute};
-
-    /// Deterministic pseudo-random values in [-1, 1).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-        fn tensor(&mut self, shape: &[usize]) -> Tensor {
-            Tensor::from_f32(
-                shape.to_vec(),
-                (0..numel(shape)).map(|_| self.next()).collect(),
-            )
-        }
-    }
+    use crate::ops::test_util::Rng;
 
     fn ints(v: &[i64]) -> AttrValue {
         AttrValue::Ints(v.to_vec())

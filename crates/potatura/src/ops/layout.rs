@@ -863,24 +863,9 @@ impl Op for Gather {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{AttrValue, Attribute};
+    use crate::ir::AttrValue;
+    use crate::ops::test_util::node;
 
-    fn node(op: &str, n_in: usize, n_out: usize, attrs: Vec<(&str, AttrValue)>) -> Node {
-        let ins: Vec<String> = (0..n_in).map(|i| format!("i{i}")).collect();
-        let outs: Vec<String> = (0..n_out).map(|i| format!("o{i}")).collect();
-        let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
-        let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
-        Node::new(
-            "n",
-            op,
-            &ins,
-            &outs,
-            attrs
-                .into_iter()
-                .map(|(k, v)| Attribute::new(k, v))
-                .collect(),
-        )
-    }
     fn op(op: &str, n_out: usize, attrs: Vec<(&str, AttrValue)>, opset: i64) -> Box<dyn Op> {
         build(&node(op, 1, n_out, attrs), opset).unwrap()
     }

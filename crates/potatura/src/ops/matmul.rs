@@ -655,23 +655,8 @@ impl Op for MatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{numel, AttrValue, Attribute};
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-        fn tensor(&mut self, shape: &[usize]) -> Tensor {
-            Tensor::from_f32(
-                shape.to_vec(),
-                (0..numel(shape)).map(|_| self.next()).collect(),
-            )
-        }
-    }
+    use crate::ir::{AttrValue, Attribute};
+    use crate::ops::test_util::Rng;
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {
         Tensor::from_f32(shape.to_vec(), v.to_vec())

@@ -24,6 +24,8 @@ pub mod reduce;
 pub mod resize;
 pub mod shape_ops;
 pub mod softmax;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 /// Static knowledge about a value during shape inference: its dtype and
 /// concrete shape, and its value when it is a constant (or computable from

@@ -799,24 +799,9 @@ impl Op for Expand {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Attribute, ConstTensor};
+    use crate::ir::ConstTensor;
+    use crate::ops::test_util::node;
 
-    fn node(op: &str, n_in: usize, n_out: usize, attrs: Vec<(&str, AttrValue)>) -> Node {
-        let ins: Vec<String> = (0..n_in).map(|i| format!("i{i}")).collect();
-        let outs: Vec<String> = (0..n_out).map(|i| format!("o{i}")).collect();
-        let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
-        let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
-        Node::new(
-            "n",
-            op,
-            &ins,
-            &outs,
-            attrs
-                .into_iter()
-                .map(|(k, v)| Attribute::new(k, v))
-                .collect(),
-        )
-    }
     fn op(op: &str, attrs: Vec<(&str, AttrValue)>, opset: i64) -> Box<dyn Op> {
         build(&node(op, 1, 1, attrs), opset).unwrap()
     }
