@@ -65,6 +65,25 @@ enum Cmd {
         #[command(flatten)]
         shapes: ShapeArgs,
     },
+    /// Measure latency on this machine (synthetic inputs), in total and per node.
+    Bench {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Least number of timed runs.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Keep timing until this many seconds have passed.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Also print the time of every node, slowest first.
+        #[arg(long)]
+        nodes: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+    },
 }
 
 #[derive(Args)]
@@ -163,7 +182,75 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             &shapes,
         ),
+        Cmd::Bench {
+            model,
+            runs,
+            seconds,
+            nodes,
+            json,
+            shapes,
+        } => bench(&model, runs, seconds, nodes, json, &shapes),
     }
+}
+
+fn bench(
+    path: &Path,
+    runs: usize,
+    seconds: f64,
+    nodes: bool,
+    json: bool,
+    shapes: &ShapeArgs,
+) -> Result<ExitCode> {
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        bail!("--seconds {seconds}: expected a non-negative number of seconds");
+    }
+    let model = load(path)?;
+    let inputs = shapes.resolve(&model, path)?;
+    let exec = Executor::new(&model).with_context(|| format!("{}", path.display()))?;
+    let lat = potatura::report::latency::measure(
+        &exec,
+        &inputs,
+        runs,
+        std::time::Duration::from_secs_f64(seconds),
+    )
+    .with_context(|| format!("running {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &lat)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shapes: Vec<String> = inputs
+        .iter()
+        .map(|i| format!("{}={:?}", i.name, i.shape))
+        .collect();
+    writeln!(
+        out,
+        "{}: median {:.3} ms, min {:.3} ms over {} runs ({} threads; {})",
+        path.display(),
+        lat.median_ms,
+        lat.min_ms,
+        lat.runs,
+        lat.threads,
+        shapes.join(" ")
+    )?;
+    if nodes {
+        let total: f64 = lat.nodes.iter().map(|n| n.micros).sum();
+        let mut rows = lat.nodes.clone();
+        rows.sort_by(|a, b| b.micros.total_cmp(&a.micros));
+        writeln!(out, "{:>10}  {:>6}  {:<20}  node", "us", "share", "op")?;
+        for r in rows {
+            writeln!(
+                out,
+                "{:>10.1}  {:>5.1}%  {:<20}  {}",
+                r.micros,
+                100.0 * r.micros / total.max(1e-9),
+                r.op,
+                r.node
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn human(n: u64) -> String {

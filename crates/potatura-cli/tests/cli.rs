@@ -331,3 +331,32 @@ fn dynamic_dims_need_the_input_shape_flag() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bench_times_the_model_and_every_node() {
+    let m = fx("resnet_mini.onnx");
+    let args = ["bench", p(&m), "--runs", "3", "--seconds", "0", "--json"];
+    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&args))).unwrap();
+    assert!(json["runs"].as_u64().unwrap() >= 3);
+    let median = json["median_ms"].as_f64().unwrap();
+    assert!(median > 0.0 && json["min_ms"].as_f64().unwrap() <= median);
+    let nodes = json["nodes"].as_array().unwrap();
+    // Every node of this model computes something at run time.
+    let summary = potatura::onnx::load(&m).unwrap();
+    assert_eq!(nodes.len(), summary.graph.nodes.len());
+    assert!(nodes.iter().any(|n| n["op"] == "Conv"));
+    let text = stdout(&potatura(&[
+        "bench",
+        p(&m),
+        "--runs",
+        "2",
+        "--seconds",
+        "0",
+        "--nodes",
+    ]));
+    assert!(
+        text.contains("median") && text.contains("/fc/Gemm"),
+        "{text}"
+    );
+    assert_fails(&potatura(&["bench", p(&m), "--seconds=-1"]), &["--seconds"]);
+}

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, InputShape, Model, Node, Tensor};
@@ -23,6 +24,17 @@ struct Step {
     out_names: Vec<String>,
     /// Slots whose last reader is this step.
     frees: Vec<usize>,
+}
+
+/// The measured time of one executed node.
+#[derive(Clone, Debug)]
+pub struct StepTime {
+    /// Node label (its name, or its first output).
+    pub node: String,
+    /// Operator type.
+    pub op_type: String,
+    /// Median wall time over the profiled runs.
+    pub median: Duration,
 }
 
 /// A graph input the executor expects.
@@ -268,6 +280,44 @@ impl Executor {
         feeds: Vec<(String, Tensor)>,
         observe: &mut dyn FnMut(&str, &Tensor),
     ) -> Result<Vec<(String, Tensor)>> {
+        self.run_inner(feeds, observe, None)
+    }
+
+    /// Runs the model `reps` times (after one warm-up run) and returns the
+    /// median wall time of every step, in execution order. Constant-folded
+    /// nodes cost nothing at run time and are not listed.
+    pub fn profile(&self, feeds: Vec<(String, Tensor)>, reps: usize) -> Result<Vec<StepTime>> {
+        let reps = reps.max(1);
+        let mut times = vec![Vec::with_capacity(reps); self.steps.len()];
+        let mut one = vec![Duration::ZERO; self.steps.len()];
+        self.run_inner(feeds.clone(), &mut |_, _| {}, Some(&mut one))?;
+        for _ in 0..reps {
+            self.run_inner(feeds.clone(), &mut |_, _| {}, Some(&mut one))?;
+            for (t, d) in times.iter_mut().zip(&one) {
+                t.push(*d);
+            }
+        }
+        Ok(self
+            .steps
+            .iter()
+            .zip(times)
+            .map(|(st, mut t)| {
+                t.sort();
+                StepTime {
+                    node: st.label.clone(),
+                    op_type: st.op_type.clone(),
+                    median: t[t.len() / 2],
+                }
+            })
+            .collect())
+    }
+
+    fn run_inner(
+        &self,
+        feeds: Vec<(String, Tensor)>,
+        observe: &mut dyn FnMut(&str, &Tensor),
+        mut timing: Option<&mut Vec<Duration>>,
+    ) -> Result<Vec<(String, Tensor)>> {
         let mut vals: Vec<Option<Arc<Tensor>>> = vec![None; self.n_slots];
         for (name, t) in feeds {
             let spec = self
@@ -293,7 +343,8 @@ impl Executor {
                 detail: "no data given for this input".into(),
             });
         }
-        for st in &self.steps {
+        for (si, st) in self.steps.iter().enumerate() {
+            let start = timing.as_ref().map(|_| Instant::now());
             let args: Vec<Option<&Tensor>> = st
                 .inputs
                 .iter()
@@ -328,6 +379,9 @@ impl Executor {
             }
             for s in &st.frees {
                 vals[*s] = None;
+            }
+            if let (Some(t), Some(start)) = (timing.as_deref_mut(), start) {
+                t[si] = start.elapsed();
             }
         }
         self.outputs

@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::ir::{DType, Node, Storage, Tensor};
 
 /// Multiply-accumulates above which a convolution uses several threads.
-const CONV_PAR_MACS: usize = 1 << 18;
+const CONV_PAR_MACS: usize = 1 << 20;
 
 /// How padding is chosen (`auto_pad`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -2104,6 +2104,13 @@ mod tests {
             ),
             // large enough for the parallel tile blocks
             case(&[1, 32, 40, 44], &[40, 32, 3, 3], vec![p1()], true),
+            // im2col over a batch, parallel over images (>= CONV_PAR_MACS)
+            case(
+                &[4, 16, 24, 24],
+                &[32, 16, 3, 3],
+                vec![p1(), ("strides", ints(&[2, 2]))],
+                true,
+            ),
         ]);
     }
 
@@ -2157,9 +2164,9 @@ mod tests {
                 ],
                 false,
             ),
-            // big depthwise (parallel path)
+            // big depthwise (parallel path: >= CONV_PAR_MACS)
             case(
-                &[1, 32, 28, 28],
+                &[1, 32, 64, 64],
                 &[32, 1, 3, 3],
                 vec![("group", AttrValue::Int(32)), ("pads", ints(&[1, 1, 1, 1]))],
                 true,

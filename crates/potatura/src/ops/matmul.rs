@@ -14,7 +14,7 @@ use crate::ir::{strides, DType, Data, Node, Storage, Tensor};
 pub const MAX_ELEMENTS: usize = 1 << 31;
 
 /// Multiply-accumulates above which one GEMM is split over threads.
-pub const GEMM_PAR_MACS: usize = 1 << 17;
+pub const GEMM_PAR_MACS: usize = 1 << 20;
 
 /// A read-only strided matrix view: element `(i, j)` is at
 /// `data[i * rs + j * cs]`.

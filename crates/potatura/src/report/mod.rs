@@ -1,4 +1,7 @@
-//! Measurements of a model: parameters and MACs per node and in total.
+//! Measurements of a model: parameters and MACs per node and in total
+//! (here), measured latency ([`latency`]).
+
+pub mod latency;
 
 use serde::Serialize;
 
