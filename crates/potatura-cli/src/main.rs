@@ -65,6 +65,24 @@ enum Cmd {
         #[command(flatten)]
         shapes: ShapeArgs,
     },
+    /// Structured pruning: remove whole channels, heads and filters; the
+    /// result is a smaller dense model. Prints params, MACs, size, latency
+    /// (and accuracy with --eval-data) before and after.
+    Prune(Box<PruneArgs>),
+    /// Channel groups: channels that must be removed together, and the
+    /// frozen ones with the reason.
+    Groups {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Also list frozen groups one by one (default: summarised).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+    },
     /// Measure latency on this machine (synthetic inputs), in total and per node.
     Bench {
         /// The ONNX model.
@@ -84,6 +102,78 @@ enum Cmd {
         #[command(flatten)]
         shapes: ShapeArgs,
     },
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Where to write the pruned model.
+    #[arg(short = 'o', long = "output", value_name = "OUT.onnx", required_unless_present = "dry_run")]
+    output: Option<PathBuf>,
+    /// What to remove: channels (filters, heads, FFN units).
+    #[arg(long, default_value = "channel", value_parser = ["channel"])]
+    method: String,
+    /// Keep at most this fraction of the MACs (e.g. 0.5).
+    #[arg(long, value_name = "F", group = "target")]
+    target_macs: Option<f64>,
+    /// Keep at most this fraction of the parameters.
+    #[arg(long, value_name = "F", group = "target")]
+    target_params: Option<f64>,
+    /// Remove this fraction of every layer's channels.
+    #[arg(long, value_name = "F", group = "target")]
+    ratio: Option<f64>,
+    /// Remove this fraction of all prunable channels, ranked globally.
+    #[arg(long, value_name = "F", group = "target")]
+    global_ratio: Option<f64>,
+    /// Apply a saved plan (from --dry-run) instead of choosing.
+    #[arg(long, value_name = "PLAN.json", group = "target")]
+    plan: Option<PathBuf>,
+    /// Importance criterion.
+    #[arg(long, default_value = "l2", value_parser = ["l1", "l2", "bn-scale", "fpgm", "lamp", "random", "activation", "wanda", "taylor"])]
+    importance: String,
+    /// How a channel's scores over its coupled layers combine.
+    #[arg(long, default_value = "mean", value_parser = ["mean", "sum", "max"])]
+    reduce: String,
+    /// Calibration data for activation-aware importance (.npy or MNIST IDX).
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// Use at most this many calibration samples.
+    #[arg(long, default_value_t = 256)]
+    calib_samples: usize,
+    /// Kept channel counts are multiples of N.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    round_to: usize,
+    /// No layer loses more than this fraction of its channels.
+    #[arg(long, default_value_t = 0.9, value_name = "F")]
+    max_layer_ratio: f64,
+    /// Leave layers whose node name matches this glob alone (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    ignore: Vec<String>,
+    /// Prune in N steps, re-scoring after each.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    steps: usize,
+    /// Seed for --importance random.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the plan as JSON (to -o, or stdout) and no model.
+    #[arg(long)]
+    dry_run: bool,
+    /// Data to measure accuracy (with --eval-labels) or agreement with the
+    /// unpruned model before and after.
+    #[arg(long, value_name = "FILE")]
+    eval_data: Option<PathBuf>,
+    /// Labels for --eval-data.
+    #[arg(long, value_name = "FILE")]
+    eval_labels: Option<PathBuf>,
+    /// Seconds spent measuring latency of each model (0: skip).
+    #[arg(long, default_value_t = 1.0)]
+    latency_seconds: f64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    shapes: ShapeArgs,
 }
 
 #[derive(Args)]
@@ -182,6 +272,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             &shapes,
         ),
+        Cmd::Prune(a) => prune_cmd(&a),
+        Cmd::Groups {
+            model,
+            json,
+            all,
+            shapes,
+        } => groups(&model, json, all, &shapes),
         Cmd::Bench {
             model,
             runs,
@@ -191,6 +288,329 @@ fn run(cli: Cli) -> Result<ExitCode> {
             shapes,
         } => bench(&model, runs, seconds, nodes, json, &shapes),
     }
+}
+
+/// Measurements of one model for the prune report.
+#[derive(serde::Serialize)]
+struct Measured {
+    params: u64,
+    macs: u64,
+    file_bytes: Option<u64>,
+    latency_ms: Option<f64>,
+    accuracy: Option<f64>,
+    agreement: Option<f64>,
+}
+
+#[derive(serde::Serialize)]
+struct LayerRow {
+    node: String,
+    op: String,
+    channels_before: usize,
+    channels_after: usize,
+}
+
+#[derive(serde::Serialize)]
+struct PruneReport {
+    model: String,
+    output: String,
+    importance: String,
+    before: Measured,
+    after: Measured,
+    /// Every Conv/Gemm/MatMul with weights: output channels before and after.
+    layers: Vec<LayerRow>,
+    frozen_groups: Vec<(String, usize, String)>,
+    target_reached: bool,
+}
+
+/// Output channels of weight layers by node name.
+fn layer_channels(model: &Model, inputs: &[potatura::ir::InputShape]) -> Result<Vec<(String, String, usize)>> {
+    let info = potatura::exec::infer_shapes_lenient(model, inputs)?;
+    let mut out = Vec::new();
+    for (n, ni) in model.graph.nodes.iter().zip(&info.nodes) {
+        if !matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul") {
+            continue;
+        }
+        let w = n.inputs.get(1).and_then(|w| info.facts.get(w));
+        if w.is_none_or(|f| f.value.is_none()) {
+            continue;
+        }
+        if let Some(f) = ni.outputs.first() {
+            let axis = if n.op_type.starts_with("Conv") { 1 } else { f.shape.len().saturating_sub(1) };
+            if let Some(&c) = f.shape.get(axis) {
+                out.push((n.label(), n.op_type.clone(), c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn measure(
+    model: &Model,
+    file: Option<&Path>,
+    inputs: &[potatura::ir::InputShape],
+    a: &PruneArgs,
+    eval: Option<&(potatura::ir::Tensor, Option<Vec<i64>>)>,
+    reference: Option<&[Vec<f32>]>,
+) -> Result<(Measured, Option<Vec<Vec<f32>>>)> {
+    let s = potatura::report::summarize(model, inputs)?;
+    let exec = Executor::new(model)?;
+    let latency_ms = if a.latency_seconds > 0.0 {
+        Some(
+            potatura::report::latency::measure(
+                &exec,
+                inputs,
+                5,
+                std::time::Duration::from_secs_f64(a.latency_seconds),
+            )?
+            .median_ms,
+        )
+    } else {
+        None
+    };
+    let (mut accuracy, mut agreement, mut preds) = (None, None, None);
+    if let Some((x, labels)) = eval {
+        let batch = fixed_batch(&exec).unwrap_or(64);
+        let p = potatura::eval::predict(&exec, x, batch)?;
+        let r = potatura::eval::score(&p, labels.as_deref(), reference)?;
+        accuracy = r.accuracy;
+        agreement = r.agreement;
+        preds = Some(p);
+    }
+    Ok((
+        Measured {
+            params: s.params,
+            macs: s.macs,
+            file_bytes: file.and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len()),
+            latency_ms,
+            accuracy,
+            agreement,
+        },
+        preds,
+    ))
+}
+
+fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
+    use potatura::importance::{Criterion, Reduce};
+    use potatura::prune::{Select, Target};
+    let path = a.model.as_path();
+    let model = load(path)?;
+    let inputs = a.shapes.resolve(&model, path)?;
+    let parse = |s: &str| -> Result<Criterion> {
+        Ok(serde_json::from_str(&format!("\"{s}\""))?)
+    };
+    let criterion = parse(&a.importance)?;
+    let reduce: Reduce = serde_json::from_str(&format!("\"{}\"", a.reduce))?;
+    let target = match (a.target_macs, a.target_params, a.ratio, a.global_ratio) {
+        (Some(f), ..) => Target::Macs(f),
+        (_, Some(f), ..) => Target::Params(f),
+        (_, _, Some(f), _) => Target::LayerRatio(f),
+        (.., Some(f)) => Target::GlobalRatio(f),
+        _ if a.plan.is_some() => Target::Macs(1.0),
+        _ => bail!("say how much to prune: --target-macs F, --target-params F, --ratio F, --global-ratio F or --plan PLAN.json"),
+    };
+    if a.eval_labels.is_some() && a.eval_data.is_none() {
+        bail!("--eval-labels needs --eval-data");
+    }
+    let calib = match &a.calib {
+        Some(c) => {
+            let t = potatura::data::load_tensor(c)?;
+            let n = t.shape().first().copied().unwrap_or(0).min(a.calib_samples.max(1));
+            Some(potatura::eval::batches(&t, n)?.into_iter().next().ok_or_else(|| anyhow::anyhow!("{}: no samples", c.display()))?)
+        }
+        None => None,
+    };
+    let opts = potatura::prune::Options {
+        select: Select {
+            target,
+            round_to: a.round_to,
+            max_layer_ratio: a.max_layer_ratio,
+            ignore: a.ignore.clone(),
+        },
+        criterion,
+        reduce,
+        steps: a.steps,
+        seed: a.seed,
+        calib_batch: 32,
+    };
+    let ctx = || format!("{}", path.display());
+    let (pruned, plan, short) = match &a.plan {
+        Some(pp) => {
+            let text = std::fs::read_to_string(pp).with_context(|| format!("reading {}", pp.display()))?;
+            let plan: potatura::prune::Plan = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a potatura plan", pp.display()))?;
+            let m = potatura::prune::apply_plan(&model, &inputs, &plan).with_context(ctx)?;
+            (m, plan, false)
+        }
+        None => {
+            let o = potatura::prune::structured(&model, &inputs, &opts, calib.as_ref()).with_context(ctx)?;
+            (o.model, o.plan, o.short)
+        }
+    };
+    if a.dry_run {
+        let text = serde_json::to_string_pretty(&plan)?;
+        match &a.output {
+            Some(o) => potatura::onnx::write_atomic(o, text.as_bytes())?,
+            None => println!("{text}"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = a.output.as_deref().expect("clap requires -o without --dry-run");
+    if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(path).ok() {
+        bail!("{}: the output would overwrite the input model; choose another -o", out.display());
+    }
+    potatura::onnx::save(&pruned, out)?;
+    // Success only after the written file loads and runs.
+    let reloaded = load(out)?;
+    let exec = Executor::new(&reloaded).with_context(|| format!("re-loading {}", out.display()))?;
+    let outs = exec
+        .run(potatura::report::latency::synthetic_inputs(&inputs)?)
+        .with_context(|| format!("running the pruned model {}", out.display()))?;
+    let dense_outs = Executor::new(&model)?.run(potatura::report::latency::synthetic_inputs(&inputs)?)?;
+    for ((n, t), (_, d)) in outs.iter().zip(&dense_outs) {
+        if t.shape() != d.shape() {
+            bail!("internal: output '{n}' changed shape from {:?} to {:?}", d.shape(), t.shape());
+        }
+    }
+    let eval = match &a.eval_data {
+        Some(d) => {
+            let x = potatura::data::load_tensor(d)?;
+            let labels = a.eval_labels.as_deref().map(potatura::data::load_tensor).transpose()?.map(|l| l.to_i64_vec());
+            Some((x, labels))
+        }
+        None => None,
+    };
+    let (before, dense_preds) = measure(&model, Some(path), &inputs, a, eval.as_ref(), None)?;
+    let (after, _) = measure(&reloaded, Some(out), &inputs, a, eval.as_ref(), dense_preds.as_deref())?;
+    let lb = layer_channels(&model, &inputs)?;
+    let la: std::collections::HashMap<String, usize> = layer_channels(&reloaded, &inputs)?
+        .into_iter()
+        .map(|(n, _, c)| (n, c))
+        .collect();
+    let dg = potatura::deps::DepGraph::build(&model, &inputs)?;
+    let report = PruneReport {
+        model: path.display().to_string(),
+        output: out.display().to_string(),
+        importance: a.importance.clone(),
+        before,
+        after,
+        layers: lb
+            .into_iter()
+            .map(|(n, op, c)| LayerRow {
+                channels_after: la.get(&n).copied().unwrap_or(c),
+                node: n,
+                op,
+                channels_before: c,
+            })
+            .collect(),
+        frozen_groups: dg
+            .groups
+            .iter()
+            .filter_map(|g| g.frozen.as_ref().map(|f| (g.name.clone(), g.channels, f.clone())))
+            .collect(),
+        target_reached: !short,
+    };
+    print_prune_report(&report, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let (b, a) = (&r.before, &r.after);
+    let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
+    writeln!(out, "{} -> {} (importance {})", r.model, r.output, r.importance)?;
+    writeln!(out, "{:<14} {:>14} {:>14} {:>9}", "", "before", "after", "after/before")?;
+    writeln!(out, "{:<14} {:>14} {:>14} {:>9.3}", "params", b.params, a.params, ratio(a.params as f64, b.params as f64))?;
+    writeln!(out, "{:<14} {:>14} {:>14} {:>9.3}", "MACs", b.macs, a.macs, ratio(a.macs as f64, b.macs as f64))?;
+    if let (Some(x), Some(y)) = (b.file_bytes, a.file_bytes) {
+        writeln!(out, "{:<14} {:>14} {:>14} {:>9.3}", "file bytes", x, y, ratio(y as f64, x as f64))?;
+    }
+    if let (Some(x), Some(y)) = (b.latency_ms, a.latency_ms) {
+        writeln!(out, "{:<14} {:>11.3} ms {:>11.3} ms {:>9.3}   (speed-up {:.2}x)", "latency", x, y, ratio(y, x), ratio(x, y))?;
+    }
+    if let (Some(x), Some(y)) = (b.accuracy, a.accuracy) {
+        writeln!(out, "{:<14} {:>13.2}% {:>13.2}%", "accuracy", x * 100.0, y * 100.0)?;
+    }
+    if let Some(y) = a.agreement {
+        writeln!(out, "{:<14} {:>14} {:>13.2}%", "agreement", "", y * 100.0)?;
+    }
+    if !r.target_reached {
+        writeln!(out, "note: the target was not reached within the constraints (--max-layer-ratio, --round-to, frozen groups)")?;
+    }
+    writeln!(out, "channels per layer (changed only):")?;
+    for l in r.layers.iter().filter(|l| l.channels_after != l.channels_before) {
+        writeln!(out, "  {:<48} {:>5} -> {:<5}", l.node, l.channels_before, l.channels_after)?;
+    }
+    if !r.frozen_groups.is_empty() {
+        writeln!(out, "frozen (not pruned): {} group(s); `potatura groups` lists them", r.frozen_groups.len())?;
+    }
+    Ok(())
+}
+
+fn groups(path: &Path, json: bool, all: bool, shapes: &ShapeArgs) -> Result<ExitCode> {
+    let model = load(path)?;
+    let inputs = shapes.resolve(&model, path)?;
+    let dg = potatura::deps::DepGraph::build(&model, &inputs)
+        .with_context(|| format!("{}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &dg.summary())?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (prunable, frozen): (Vec<_>, Vec<_>) = dg.groups.iter().partition(|g| g.frozen.is_none());
+    writeln!(
+        out,
+        "{}: {} prunable groups ({} channels), {} frozen groups ({} channels)",
+        path.display(),
+        prunable.len(),
+        prunable.iter().map(|g| g.channels).sum::<usize>(),
+        frozen.len(),
+        frozen.iter().map(|g| g.channels).sum::<usize>()
+    )?;
+    writeln!(
+        out,
+        "{:<44}  {:>8}  {:>12}  {:>10}  members",
+        "group", "channels", "MACs/chan", "params/ch"
+    )?;
+    for g in &prunable {
+        writeln!(
+            out,
+            "{:<44}  {:>8}  {:>12}  {:>10}  {}",
+            g.name,
+            g.channels,
+            g.macs_per_channel,
+            g.params_per_channel,
+            g.nodes.join(", ")
+        )?;
+    }
+    let mut reasons: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for g in &frozen {
+        let e = reasons.entry(g.frozen.as_deref().unwrap_or("")).or_default();
+        e.0 += 1;
+        e.1 += g.channels;
+    }
+    writeln!(out, "frozen:")?;
+    if all {
+        for g in &frozen {
+            writeln!(
+                out,
+                "  {:<42}  {:>8}  {}",
+                g.name,
+                g.channels,
+                g.frozen.as_deref().unwrap_or("")
+            )?;
+        }
+    } else {
+        for (why, (n, c)) in reasons {
+            writeln!(out, "  {n} group(s), {c} channel(s): {why}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench(

@@ -7,11 +7,14 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod deps;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod importance;
 pub mod ir;
 pub mod onnx;
+pub mod prune;
 pub mod ops;
 pub mod report;
 

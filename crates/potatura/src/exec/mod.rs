@@ -406,7 +406,8 @@ impl Executor {
 /// Shape inference result for one node.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
-    /// Output facts (values dropped except small ones).
+    /// Output facts (empty for a node that could not be inferred, see
+    /// [`ShapeInfo::unknown`]).
     pub outputs: Vec<Fact>,
     /// Multiply-accumulates.
     pub macs: u64,
@@ -419,13 +420,50 @@ pub struct ShapeInfo {
     pub nodes: Vec<NodeInfo>,
     /// Per tensor name.
     pub facts: HashMap<String, Fact>,
+    /// Nodes that could not be inferred ([`infer_shapes_lenient`] only):
+    /// unsupported ops, and nodes reading a value of unknown shape. Their
+    /// outputs have facts only where the model declares a complete shape.
+    pub unknown: Vec<usize>,
 }
 
 /// Infers the dtype and concrete shape of every value, and the MACs of each
 /// node, for the given input shapes. Fails on unsupported ops (all listed).
 pub fn infer_shapes(model: &Model, inputs: &[InputShape]) -> Result<ShapeInfo> {
+    build_ops(model)?;
+    infer(model, inputs, false)
+}
+
+/// Like [`infer_shapes`], but an unsupported op does not fail: its outputs
+/// take the shapes the model declares for them (`value_info`, graph
+/// outputs) when complete, and nodes that cannot be inferred are listed in
+/// [`ShapeInfo::unknown`]. For analyses that must see the rest of a graph
+/// around ops potatura cannot run.
+pub fn infer_shapes_lenient(model: &Model, inputs: &[InputShape]) -> Result<ShapeInfo> {
+    infer(model, inputs, true)
+}
+
+fn declared_fact(model: &Model, name: &str) -> Option<Fact> {
     let g = &model.graph;
-    let ops = build_ops(model)?;
+    let v = g
+        .value_info
+        .iter()
+        .chain(&g.outputs)
+        .find(|v| v.name == name)?;
+    let dims = v
+        .shape
+        .as_ref()?
+        .iter()
+        .map(|d| match d {
+            Dim::Known(k) => Some(*k as usize),
+            _ => None,
+        })
+        .collect::<Option<Vec<usize>>>()?;
+    Some(Fact::new(v.dtype?, dims))
+}
+
+fn infer(model: &Model, inputs: &[InputShape], lenient: bool) -> Result<ShapeInfo> {
+    let g = &model.graph;
+    let opset = model.opset();
     let order = g.topo_order()?;
     let mut facts: HashMap<String, Fact> = HashMap::new();
     for t in &g.initializers {
@@ -435,23 +473,51 @@ pub fn infer_shapes(model: &Model, inputs: &[InputShape]) -> Result<ShapeInfo> {
         facts.insert(i.name.clone(), Fact::new(i.dtype, i.shape.clone()));
     }
     let mut nodes: Vec<Option<NodeInfo>> = vec![None; g.nodes.len()];
+    let mut unknown = Vec::new();
     for &i in &order {
         let n = &g.nodes[i];
-        let op = &ops[i];
-        let ins: Vec<Option<&Fact>> = n
+        let op = if ops::is_supported(n) {
+            Some(ops::build(n, opset).map_err(|e| wrap(n, e, &[]))?)
+        } else {
+            None
+        }
+        .flatten();
+        let ins: Option<Vec<Option<&Fact>>> = n
             .inputs
             .iter()
             .map(|s| {
                 if s.is_empty() {
-                    Ok(None)
+                    Some(None)
                 } else {
-                    facts
-                        .get(s)
-                        .map(Some)
-                        .ok_or_else(|| node_error(n, format!("input '{s}' has no known shape")))
+                    facts.get(s).map(Some)
                 }
             })
-            .collect::<Result<_>>()?;
+            .collect();
+        let (Some(op), Some(ins)) = (op, ins) else {
+            if !lenient {
+                let missing = n
+                    .inputs
+                    .iter()
+                    .find(|s| !s.is_empty() && !facts.contains_key(*s))
+                    .cloned()
+                    .unwrap_or_default();
+                return Err(node_error(
+                    n,
+                    format!("input '{missing}' has no known shape"),
+                ));
+            }
+            unknown.push(i);
+            for o in &n.outputs {
+                if let Some(f) = declared_fact(model, o) {
+                    facts.insert(o.clone(), f);
+                }
+            }
+            nodes[i] = Some(NodeInfo {
+                outputs: Vec::new(),
+                macs: 0,
+            });
+            continue;
+        };
         let shapes: Vec<String> = ins
             .iter()
             .map(|f| {
@@ -490,5 +556,6 @@ pub fn infer_shapes(model: &Model, inputs: &[InputShape]) -> Result<ShapeInfo> {
             .map(|n| n.expect("every node inferred"))
             .collect(),
         facts,
+        unknown,
     })
 }

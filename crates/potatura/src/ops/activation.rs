@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap};
 use super::common::{fact, input, opt, PAR_THRESHOLD};
 use super::logic::wrap_int;
 use super::{op_error, Fact, Op};
@@ -426,6 +427,10 @@ impl Activation {
 }
 
 impl Op for Activation {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        Some(cx.passthrough())
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let a = fact(inputs, 0)?;
         self.check_type(a.dtype)?;

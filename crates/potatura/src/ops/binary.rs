@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap};
 use super::common::{broadcast_shapes, fact, input, PAR_THRESHOLD};
 use super::logic::wrap_int;
 use super::{op_error, Fact, Op};
@@ -814,6 +815,13 @@ impl Binary {
 }
 
 impl Op for Binary {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        if self.legacy_axis.is_some() {
+            return None;
+        }
+        cx.elementwise(1)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         self.check_types(
             &inputs

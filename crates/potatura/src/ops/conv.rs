@@ -19,6 +19,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap, Link, Pairs, Port, PruneCx, Use, WeightAxis};
 use super::common::{fact, input, opt};
 use super::matmul::{sgemm, MatRef, MAX_ELEMENTS};
 use super::{op_error, Fact, Op};
@@ -1259,6 +1260,14 @@ fn conv_macs(geom: &ConvGeom) -> u64 {
 }
 
 impl Op for Conv {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        conv_channels(cx, self.attrs.group, false)
+    }
+
+    fn prune(&self, cx: &mut dyn PruneCx) -> Result<()> {
+        prune_group(cx, self.attrs.group, Port::Out(0))
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, w) = (fact(inputs, 0)?, fact(inputs, 1)?);
         check_float("input X", x.dtype)?;
@@ -1595,6 +1604,14 @@ fn conv_transpose_macs(geom: &ConvGeom) -> u64 {
 }
 
 impl Op for ConvTranspose {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        conv_channels(cx, self.attrs.group, true)
+    }
+
+    fn prune(&self, cx: &mut dyn PruneCx) -> Result<()> {
+        prune_group(cx, self.attrs.group, Port::In(0))
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, w) = (fact(inputs, 0)?, fact(inputs, 1)?);
         check_float("input X", x.dtype)?;
@@ -1633,6 +1650,77 @@ impl Op for ConvTranspose {
             _ => 0,
         }
     }
+}
+
+/// Channels of Conv (`transpose` false: weight `[M, C/g, k...]`) and
+/// ConvTranspose (`[C, M/g, k...]`): input channels are axis 1 of X,
+/// output channels axis 1 of Y. With groups, whole groups go together
+/// (a depthwise conv couples input channel `k` with output channel `k`).
+fn conv_channels(cx: &ChanCx, group: usize, transpose: bool) -> Option<ChanMap> {
+    if !cx.is_const(1) || cx.fact(2).is_some_and(|_| !cx.is_const(2)) {
+        return None;
+    }
+    let mut m = ChanMap::new(cx.inputs.len(), 1);
+    m.uses[0] = Some(Use::Axis(1));
+    m.out_axes[0] = Some(1);
+    let (w_in, w_out) = if transpose { (0, 1) } else { (1, 0) };
+    if cx.fact(2).is_some() {
+        m.weights.push(WeightAxis {
+            port: Port::Out(0),
+            input: 2,
+            axis: 0,
+        });
+    }
+    if group == 1 {
+        m.weights.push(WeightAxis {
+            port: Port::Out(0),
+            input: 1,
+            axis: w_out,
+        });
+        m.weights.push(WeightAxis {
+            port: Port::In(0),
+            input: 1,
+            axis: w_in,
+        });
+        m.macs = vec![Port::In(0), Port::Out(0)];
+    } else {
+        let (c, mo) = (*cx.shape(0).get(1)?, *cx.out_shape(0).get(1)?);
+        if c % group != 0 || mo % group != 0 {
+            return None;
+        }
+        // Whole groups: the weight's group-major axis indexes the channels
+        // of the side it is laid out by.
+        m.weights.push(WeightAxis {
+            port: if transpose { Port::In(0) } else { Port::Out(0) },
+            input: 1,
+            axis: 0,
+        });
+        m.links.push(Link {
+            a: Port::In(0),
+            b: Port::Out(0),
+            pairs: Pairs::Blocks {
+                a_per: c / group,
+                b_per: mo / group,
+            },
+        });
+        m.macs = vec![Port::Out(0)];
+    }
+    Some(m)
+}
+
+/// A grouped conv that lost whole groups gets the new group count.
+fn prune_group(cx: &mut dyn PruneCx, group: usize, port: Port) -> Result<()> {
+    if group == 1 {
+        return Ok(());
+    }
+    if let (Some(kept), Some(n)) = (cx.kept(port).map(|k| k.len()), cx.channels(port)) {
+        let per = n / group;
+        cx.set_attr(crate::ir::Attribute::new(
+            "group",
+            crate::ir::AttrValue::Int((kept / per) as i64),
+        ));
+    }
+    Ok(())
 }
 
 /// Builds Conv and ConvTranspose.

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap, Link, Pairs, Port, PruneCx, Use, WeightAxis};
 use super::common::{axis as norm_axis, fact, input, opt, PAR_THRESHOLD};
 use super::shape_ops::{ints_input, known_ints, unique_axes};
 use super::{op_error, Fact, Op};
@@ -62,6 +63,7 @@ pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
                 split: node.attr_ints("split")?,
                 n_out,
                 uneven: opset >= 18,
+                sizes_input: opset >= 13,
             }))
         }
         "Slice" => Ok(Box::new(Slice {
@@ -282,6 +284,15 @@ impl Transpose {
 }
 
 impl Op for Transpose {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let mut m = cx.passthrough();
+        if let Some(a) = cx.axis(0) {
+            let perm = self.perm_for(cx.shape(0).len()).ok()?;
+            m.out_axes[0] = Some(perm.iter().position(|&p| p == a)?);
+        }
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let perm = self.perm_for(x.shape.len())?;
@@ -381,6 +392,58 @@ fn concat_rows<T: Copy + Default + Send + Sync>(parts: &[(&[T], usize)], outer: 
 }
 
 impl Op for Concat {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let n = cx.inputs.len();
+        let r = cx.out_shape(0).len();
+        let ax = norm_axis(self.axis, r).ok()?;
+        let mut m = ChanMap::new(n, 1);
+        let axes: Vec<Option<usize>> = (0..n).map(|i| cx.axis(i)).collect();
+        if axes.iter().flatten().any(|&a| a == ax) {
+            // Along the channels: input i's channels sit at an offset.
+            let mut off = 0;
+            for i in 0..n {
+                if cx.is_const(i) || axes[i].is_some_and(|a| a != ax) {
+                    return None;
+                }
+                m.uses[i] = Some(Use::Axis(ax));
+                m.links.push(Link {
+                    a: Port::In(i),
+                    b: Port::Out(0),
+                    pairs: Pairs::Offset(off),
+                });
+                off += cx.shape(i)[ax];
+            }
+            m.out_axes[0] = Some(ax);
+            return Some(m);
+        }
+        // Along another axis: every input shares the output's channels.
+        let Some(&a) = axes.iter().flatten().next() else {
+            for (i, u) in m.uses.iter_mut().enumerate() {
+                *u = cx.fact(i).map(|_| Use::Shape);
+            }
+            return Some(m);
+        };
+        for i in 0..n {
+            if cx.is_const(i) {
+                if cx.shape(i)[a] > 1 {
+                    m.weights.push(WeightAxis {
+                        port: Port::Out(0),
+                        input: i,
+                        axis: a,
+                    });
+                }
+                continue;
+            }
+            if axes[i].is_some_and(|x| x != a) {
+                return None;
+            }
+            m.uses[i] = Some(Use::Axis(a));
+            m.links.push(Link::same(Port::In(i), Port::Out(0)));
+        }
+        m.out_axes[0] = Some(a);
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let facts: Vec<&Fact> = (0..inputs.len())
             .map(|i| fact(inputs, i))
@@ -445,6 +508,8 @@ pub struct Split {
     /// Opset 18 rule: without sizes, pieces are `ceil(dim / n)` long and
     /// the last one is shorter; before, the dimension must divide evenly.
     pub uneven: bool,
+    /// Sizes are given as input 1 (opset 13 and later), not an attribute.
+    pub sizes_input: bool,
 }
 
 impl Split {
@@ -512,6 +577,67 @@ fn split_rows<T: Copy>(
 }
 
 impl Op for Split {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let n_out = cx.outputs.len();
+        let mut m = ChanMap::new(cx.inputs.len(), n_out);
+        if cx.fact(1).is_some() {
+            m.uses[1] = Some(Use::Shape);
+        }
+        let Some(a) = cx.axis(0) else {
+            m.uses[0] = Some(Use::Shape);
+            return Some(m);
+        };
+        m.uses[0] = Some(Use::Axis(a));
+        let ax = norm_axis(self.axis, cx.shape(0).len()).ok()?;
+        if ax == a {
+            // The sizes change with the channels: they must be rewritable.
+            if cx.fact(1).is_some() && !cx.is_fixed(1) {
+                return None;
+            }
+        }
+        let mut off = 0;
+        for o in 0..n_out {
+            m.out_axes[o] = Some(a);
+            m.links.push(Link {
+                a: Port::Out(o),
+                b: Port::In(0),
+                pairs: if ax == a {
+                    Pairs::Offset(off)
+                } else {
+                    Pairs::Same
+                },
+            });
+            off += cx.out_shape(o)[a];
+        }
+        Some(m)
+    }
+
+    fn prune(&self, cx: &mut dyn PruneCx) -> Result<()> {
+        let Some(a) = cx.axis(Port::In(0)) else {
+            return Ok(());
+        };
+        let Some(f) = cx.input_fact(0) else {
+            return Ok(());
+        };
+        if norm_axis(self.axis, f.shape.len())? != a || cx.kept(Port::In(0)).is_none() {
+            return Ok(());
+        }
+        let sizes: Vec<i64> = (0..self.n_out)
+            .map(|o| super::channels::kept_len(cx, Port::Out(o)).unwrap_or(0) as i64)
+            .collect();
+        if self.sizes_input {
+            // Equal pieces by `num_outputs` become explicit sizes.
+            cx.remove_attr("num_outputs");
+            cx.set_input(1, Tensor::from_i64(vec![sizes.len()], sizes))
+        } else {
+            cx.set_attr(crate::ir::Attribute::new(
+                "split",
+                crate::ir::AttrValue::Ints(sizes),
+            ));
+            Ok(())
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let ax = norm_axis(self.axis, x.shape.len())?;
@@ -702,6 +828,78 @@ impl Slice {
 }
 
 impl Op for Slice {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let mut m = ChanMap::new(cx.inputs.len(), 1);
+        for i in 1..cx.inputs.len() {
+            if cx.fact(i).is_some() {
+                m.uses[i] = Some(Use::Shape);
+            }
+        }
+        let Some(a) = cx.axis(0) else {
+            m.uses[0] = Some(Use::Shape);
+            return Some(m);
+        };
+        m.uses[0] = Some(Use::Axis(a));
+        m.out_axes[0] = Some(a);
+        let plan = self
+            .plan(cx.shape(0), cx.ints(1), cx.ints(2), cx.ints(3), cx.ints(4))
+            .ok()?;
+        let p = plan[a];
+        if p.len == cx.shape(0)[a] && p.step == 1 {
+            m.links.push(Link::same(Port::In(0), Port::Out(0)));
+        } else {
+            // Slicing the channels: bounds must be rewritable, step 1.
+            if p.step != 1 || self.starts.is_some() || !(cx.is_fixed(1) && cx.is_fixed(2)) {
+                return None;
+            }
+            m.links.push(Link {
+                a: Port::Out(0),
+                b: Port::In(0),
+                pairs: Pairs::Offset(p.start),
+            });
+        }
+        Some(m)
+    }
+
+    fn prune(&self, cx: &mut dyn PruneCx) -> Result<()> {
+        let Some(a) = cx.axis(Port::In(0)) else {
+            return Ok(());
+        };
+        let (Some(f), Some(n_in)) = (cx.input_fact(0), cx.channels(Port::In(0))) else {
+            return Ok(());
+        };
+        let get = |i: usize| cx.input_fact(i).and_then(|f| f.value.as_ref().map(|v| v.to_i64_vec()));
+        let (starts, ends, axes) = (get(1), get(2), get(3));
+        let plan = self.plan(&f.shape, starts.clone(), ends.clone(), axes.clone(), get(4))?;
+        let p = plan[a];
+        if p.len == n_in && p.step == 1 {
+            return Ok(());
+        }
+        let (Some(mut starts), Some(mut ends)) = (starts, ends) else {
+            return Ok(());
+        };
+        let rank = f.shape.len();
+        let axes: Vec<usize> = match axes {
+            Some(ax) => ax
+                .iter()
+                .map(|&x| norm_axis(x, rank))
+                .collect::<Result<_>>()?,
+            None => (0..starts.len()).collect(),
+        };
+        let Some(j) = axes.iter().position(|&x| x == a) else {
+            return Ok(());
+        };
+        let new_start = match cx.kept(Port::In(0)) {
+            Some(k) => k.iter().filter(|&&i| i < p.start).count(),
+            None => p.start,
+        };
+        let new_len = super::channels::kept_len(cx, Port::Out(0)).unwrap_or(p.len);
+        starts[j] = new_start as i64;
+        ends[j] = (new_start + new_len) as i64;
+        cx.set_input(1, Tensor::from_i64(vec![starts.len()], starts))?;
+        cx.set_input(2, Tensor::from_i64(vec![ends.len()], ends))
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let plan = self.plan(
@@ -772,6 +970,25 @@ impl Gather {
     }
 }
 
+/// The entries `idx` of `t` along `axis`, in that order (a Gather with
+/// constant indices; pruning uses it to slice weights).
+pub fn take(t: &Tensor, axis: usize, idx: &[usize]) -> Result<Tensor> {
+    let sh = t.shape();
+    if axis >= sh.len() || idx.iter().any(|&i| i >= sh[axis]) {
+        return Err(op_error(format!(
+            "cannot take indices along axis {axis} of shape {sh:?}"
+        )));
+    }
+    let (outer, dim, inner) = (numel(&sh[..axis]), sh[axis], numel(&sh[axis + 1..]));
+    let mut shape = sh.to_vec();
+    shape[axis] = idx.len();
+    Tensor::new(
+        t.dtype(),
+        shape,
+        map_data!(t.data(), v => gather_rows(v, outer, dim, inner, idx)),
+    )
+}
+
 /// Rows `idx` of `src` seen as `[outer, dim, inner]`, for every outer index.
 fn gather_rows<T: Copy + Default + Send + Sync>(
     src: &[T],
@@ -817,6 +1034,38 @@ fn gather_rows<T: Copy + Default + Send + Sync>(
 }
 
 impl Op for Gather {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let mut m = ChanMap::new(2, 1);
+        m.uses[1] = cx.fact(1).map(|_| Use::Shape);
+        let (data, idx) = (cx.shape(0), cx.shape(1));
+        let ax = norm_axis(self.axis, data.len()).ok()?;
+        if cx.is_const(0) {
+            // An embedding table [rows, features]: the features are new
+            // channels on the output's last axis.
+            if ax != 0 || data.len() != 2 || cx.is_const(1) {
+                return None;
+            }
+            m.out_axes[0] = Some(idx.len());
+            m.weights.push(WeightAxis {
+                port: Port::Out(0),
+                input: 0,
+                axis: 1,
+            });
+            return Some(m);
+        }
+        let Some(a) = cx.axis(0) else {
+            m.uses[0] = Some(Use::Shape);
+            return Some(m);
+        };
+        if a == ax {
+            return None;
+        }
+        m.uses[0] = Some(Use::Axis(a));
+        m.out_axes[0] = Some(if a < ax { a } else { a - 1 + idx.len() });
+        m.links.push(Link::same(Port::In(0), Port::Out(0)));
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, i) = (fact(inputs, 0)?, fact(inputs, 1)?);
         if i.dtype.storage() != Storage::Int {

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::binary::broadcast_zip3;
+use super::channels::{ChanCx, ChanMap};
 use super::common::{broadcast_shapes, fact, input, PAR_THRESHOLD};
 use super::{op_error, Fact, Op};
 use crate::error::Result;
@@ -191,6 +192,13 @@ impl Logic {
 }
 
 impl Op for Logic {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        match self.kind {
+            Kind::Where => cx.elementwise(1),
+            _ => Some(cx.passthrough()),
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         match self.kind {
             Kind::Where => {

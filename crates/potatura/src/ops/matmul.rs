@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap, Link, Port, Use, WeightAxis};
 use super::common::{broadcast_shapes, fact, input, opt};
 use super::{op_error, Fact, Op};
 use crate::error::Result;
@@ -286,6 +287,40 @@ fn broadcast_c<T: Copy + Default>(
 }
 
 impl Op for Gemm {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        if self.trans_a || !cx.is_const(1) || cx.fact(2).is_some_and(|_| !cx.is_const(2)) {
+            return None;
+        }
+        let mut m = ChanMap::new(cx.inputs.len(), 1);
+        m.uses[0] = Some(Use::Axis(1));
+        m.out_axes[0] = Some(1);
+        let (k_ax, n_ax) = if self.trans_b { (1, 0) } else { (0, 1) };
+        m.weights.push(WeightAxis {
+            port: Port::In(0),
+            input: 1,
+            axis: k_ax,
+        });
+        m.weights.push(WeightAxis {
+            port: Port::Out(0),
+            input: 1,
+            axis: n_ax,
+        });
+        if let Some(c) = cx.fact(2) {
+            let n = cx.out_shape(0)[1];
+            if c.shape.last() == Some(&n) && n > 1 {
+                m.weights.push(WeightAxis {
+                    port: Port::Out(0),
+                    input: 2,
+                    axis: c.shape.len() - 1,
+                });
+            } else if c.shape.len() == 2 && c.shape[0] > 1 {
+                return None;
+            }
+        }
+        m.macs = vec![Port::In(0), Port::Out(0)];
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (a, b) = (fact(inputs, 0)?, fact(inputs, 1)?);
         check_computable(a.dtype)?;
@@ -598,6 +633,49 @@ impl MatMulPlan {
 }
 
 impl Op for MatMul {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let (ra, rb, ro) = (cx.shape(0).len(), cx.shape(1).len(), cx.out_shape(0).len());
+        let mut m = ChanMap::new(2, 1);
+        match (cx.is_const(0), cx.is_const(1)) {
+            (false, true) if rb == 2 && ra >= 2 => {
+                // x @ W: features of x (last axis) in, columns of W out.
+                m.uses[0] = Some(Use::Axis(ra - 1));
+                m.out_axes[0] = Some(ro - 1);
+                m.weights.push(WeightAxis {
+                    port: Port::In(0),
+                    input: 1,
+                    axis: 0,
+                });
+                m.weights.push(WeightAxis {
+                    port: Port::Out(0),
+                    input: 1,
+                    axis: 1,
+                });
+                m.macs = vec![Port::In(0), Port::Out(0)];
+                Some(m)
+            }
+            (false, false) if ra >= 3 && rb >= 3 => {
+                // Two computed operands (attention): channels on a batch
+                // axis (heads) of both pass to the same axis of the output.
+                let (a, b) = (cx.axis(0)?, cx.axis(1)?);
+                let (oa, ob) = (a + ro - ra, b + ro - rb);
+                if a >= ra - 2 || b >= rb - 2 || oa != ob {
+                    return None;
+                }
+                if cx.shape(0)[a] != cx.shape(1)[b] {
+                    return None;
+                }
+                m.uses = vec![Some(Use::Axis(a)), Some(Use::Axis(b))];
+                m.out_axes[0] = Some(oa);
+                m.links.push(Link::same(Port::In(0), Port::Out(0)));
+                m.links.push(Link::same(Port::In(1), Port::Out(0)));
+                m.macs = vec![Port::Out(0)];
+                Some(m)
+            }
+            _ => None,
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (a, b) = (fact(inputs, 0)?, fact(inputs, 1)?);
         check_computable(a.dtype)?;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::ir::{DType, Node, Tensor};
 
+pub mod channels;
 pub mod common;
 
 pub mod activation;
@@ -73,6 +74,20 @@ pub trait Op: Debug + Send + Sync {
     /// ConvTranspose, Gemm, MatMul; 0 for everything else).
     fn macs(&self, _inputs: &[Option<&Fact>], _outputs: &[Fact]) -> u64 {
         0
+    }
+
+    /// How channels flow through this op at these facts (see
+    /// [`channels`]). `None`, the default, freezes every channel the op
+    /// touches.
+    fn channels(&self, _cx: &channels::ChanCx) -> Option<channels::ChanMap> {
+        None
+    }
+
+    /// Rewrites what pruning changes beyond the constants declared in
+    /// [`channels::ChanMap::weights`] (which are already sliced): group
+    /// counts, split sizes, reshape targets, slice bounds.
+    fn prune(&self, _cx: &mut dyn channels::PruneCx) -> Result<()> {
+        Ok(())
     }
 }
 

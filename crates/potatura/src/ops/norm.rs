@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap, Link, Port, Use, WeightAxis};
 use super::common::{axis, broadcast_index_map, fact, input, opt, PAR_THRESHOLD};
 use super::pool::{build_vec, with_simd};
 use super::reduce::sum_f32;
@@ -133,6 +134,26 @@ impl BatchNorm {
 }
 
 impl Op for BatchNorm {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        if (1..5).any(|i| !cx.is_const(i)) || cx.outputs.len() > 1 {
+            return None;
+        }
+        let mut m = cx.passthrough();
+        if cx.axis(0) == Some(1) {
+            m.weights = (1..5)
+                .map(|input| WeightAxis {
+                    port: Port::In(0),
+                    input,
+                    axis: 0,
+                })
+                .collect();
+        } else if cx.axis(0).is_some() {
+            // Channels on another axis than BatchNorm's: per-element there.
+            return Some(m);
+        }
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let f: Vec<&Fact> = (0..5).map(|i| fact(inputs, i)).collect::<Result<_>>()?;
         for (i, x) in f.iter().enumerate() {
@@ -305,6 +326,43 @@ fn layer_norm_row(
 }
 
 impl Op for LayerNorm {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let r = cx.shape(0).len();
+        let first = axis(self.axis, r).ok()?;
+        let mut m = ChanMap::new(cx.inputs.len(), cx.outputs.len());
+        let Some(a) = cx.axis(0) else {
+            m.uses[0] = Some(Use::Shape);
+            return Some(m);
+        };
+        if (1..cx.inputs.len()).any(|i| cx.fact(i).is_some() && !cx.is_const(i)) {
+            return None;
+        }
+        if a >= first && first + 1 != r {
+            // Normalised together with other axes: frozen.
+            return None;
+        }
+        m.uses[0] = Some(Use::Axis(a));
+        m.out_axes[0] = Some(a);
+        m.links.push(Link::same(Port::In(0), Port::Out(0)));
+        if a >= first {
+            for i in 1..cx.inputs.len() {
+                if let Some(f) = cx.fact(i) {
+                    // Scale and bias have the normalised shape.
+                    if let Some(ax) = (a + f.shape.len()).checked_sub(r) {
+                        if f.shape[ax] == cx.shape(0)[a] {
+                            m.weights.push(WeightAxis {
+                                port: Port::In(0),
+                                input: i,
+                                axis: ax,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         check_float("X", x.dtype)?;

@@ -3,6 +3,7 @@
 //! As in ONNX Runtime, negative pads first slice the input, then the
 //! remaining positive pads are applied to the slice.
 
+use super::channels::{ChanCx, ChanMap};
 use super::common::{axis, fact, fact_value, input, opt, PAR_THRESHOLD};
 use super::pool::{build_vec, MAX_OUTPUT_ELEMENTS};
 use super::{op_error, Fact, Op};
@@ -297,6 +298,14 @@ fn pad_data<T: Copy + Send + Sync>(
 }
 
 impl Op for Pad {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        // Padding along the channel axis would change the channel count.
+        match cx.axis(0) {
+            Some(a) => cx.keep_channels(a),
+            None => cx.keep_channels(0),
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let pads = self.full_pads(

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap};
 use super::common::{fact, input, PAR_THRESHOLD};
 use super::reduce::{max_f32, sum_f32};
 use super::{op_error, Fact, Op};
@@ -731,6 +732,14 @@ impl Pool {
 }
 
 impl Op for Pool {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        // Pooling runs over the spatial axes (2..): channels are axis 1.
+        match cx.axis(0) {
+            Some(1) | None => cx.keep_channels(1),
+            Some(_) => None,
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         check_float(x.dtype)?;
@@ -824,6 +833,13 @@ impl GlobalPool {
 }
 
 impl Op for GlobalPool {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        match cx.axis(0) {
+            Some(1) | None => cx.keep_channels(1),
+            Some(_) => None,
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         check_float(x.dtype)?;

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap};
 use super::common::{axis, fact, fact_value, input, opt, PAR_THRESHOLD};
 use super::pool::with_simd;
 use super::{op_error, Fact, Op};
@@ -291,6 +292,25 @@ fn reduce_all<T: Copy + Send + Sync>(
 }
 
 impl Op for Reduce {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let Some(a) = cx.axis(0) else {
+            return cx.keep_channels(0);
+        };
+        let axes_in = cx.fact(1).map(|f| f.value.as_deref());
+        let plan = self
+            .plan(cx.shape(0).len(), self.raw_axes(axes_in).ok()?)
+            .ok()?;
+        match plan {
+            Plan::Identity => cx.keep_channels(a),
+            // Reducing across channels mixes them: frozen.
+            Plan::Axes(mask) if mask[a] => None,
+            Plan::Axes(mask) => {
+                let before = mask[..a].iter().filter(|&&m| m).count();
+                cx.keep_channels(if self.keepdims { a } else { a - before })
+            }
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let axes_in = opt(inputs, 1).map(|_| fact_value(inputs, 1));

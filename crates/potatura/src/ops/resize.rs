@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap, Port, PruneCx};
 use super::common::{axis, fact, input, opt, PAR_THRESHOLD};
 use super::pool::{build_vec, with_simd, MAX_OUTPUT_ELEMENTS};
 use super::{op_error, Fact, Op};
@@ -589,6 +590,44 @@ fn linear_pass(
 }
 
 impl Op for Resize {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        match cx.axis(0) {
+            // Scaling the channel axis itself would mix channels.
+            Some(a) => {
+                if cx.fact(3).is_some() && !cx.is_fixed(3) {
+                    return None;
+                }
+                cx.keep_channels(a)
+            }
+            None => cx.keep_channels(0),
+        }
+    }
+
+    fn prune(&self, cx: &mut dyn PruneCx) -> Result<()> {
+        // Explicit output sizes name the channel count.
+        let (Some(a), Some(n)) = (cx.axis(Port::In(0)), cx.kept(Port::In(0)).map(|k| k.len()))
+        else {
+            return Ok(());
+        };
+        let Some(t) = cx.input_fact(3).and_then(|f| f.value.clone()) else {
+            return Ok(());
+        };
+        let mut sizes = t.to_i64_vec();
+        let full = cx.input_fact(0).map(|f| f.shape.len()).unwrap_or(0);
+        // With `axes`, sizes list only those axes.
+        let j = match &self.axes {
+            Some(ax) => ax
+                .iter()
+                .position(|&x| (if x < 0 { x + full as i64 } else { x }) == a as i64),
+            None => Some(a),
+        };
+        if let Some(j) = j.filter(|&j| j < sizes.len()) {
+            sizes[j] = n as i64;
+            cx.set_input(3, Tensor::from_i64(t.shape().to_vec(), sizes))?;
+        }
+        Ok(())
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         if self.mode == Mode::Linear && x.dtype.storage() != Storage::Float {

@@ -8,6 +8,7 @@
 //! known at run time. `Shape` always infers its value, which lets whole
 //! shape subgraphs fold into constants.
 
+use super::channels::{regroup_map, ChanCx, ChanMap, Link, Port, PruneCx, Use};
 use super::common::{broadcast_shapes, fact, fact_value, input, opt};
 use super::layout::view_tensor;
 use super::{op_error, Fact, Op};
@@ -171,6 +172,10 @@ fn reshaped(t: &Tensor, shape: Vec<usize>) -> Result<Tensor> {
 pub struct Identity;
 
 impl Op for Identity {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        Some(cx.passthrough())
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         Ok(vec![fact(inputs, 0)?.clone()])
     }
@@ -202,6 +207,19 @@ impl Dropout {
 }
 
 impl Op for Dropout {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let mut m = cx.passthrough();
+        // The mask output carries the same channels.
+        if let (Some(a), Some(o)) = (cx.axis(0), m.out_axes.get_mut(1)) {
+            *o = Some(a);
+            m.links.push(Link::same(Port::In(0), Port::Out(1)));
+        }
+        for u in m.uses.iter_mut().skip(1) {
+            *u = Some(Use::Shape);
+        }
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let mut out = vec![Fact::new(x.dtype, x.shape.clone())];
@@ -278,6 +296,10 @@ impl Flatten {
 }
 
 impl Op for Flatten {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        regroup_map(cx, cx.inputs.len())
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         Ok(vec![Fact::new(x.dtype, self.out_shape(&x.shape)?)])
@@ -364,6 +386,40 @@ impl Reshape {
 }
 
 impl Op for Reshape {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let m = regroup_map(cx, 2)?;
+        if let Some(b) = m.out_axes[0] {
+            // The target's entry for the channel axis changes with the
+            // channel count: it must be rewritable, or inferred (-1).
+            let target = self.shape.clone().or_else(|| cx.ints(1))?;
+            let rewritable = self.shape.is_none() && cx.is_fixed(1);
+            if !(rewritable || target.get(b) == Some(&-1)) {
+                return None;
+            }
+            // 0 copies the input dim: only valid while the axis stays put.
+            if target.get(b) == Some(&0) && cx.axis(0) != Some(b) {
+                return None;
+            }
+        }
+        Some(m)
+    }
+
+    fn prune(&self, cx: &mut dyn PruneCx) -> Result<()> {
+        let (Some(b), Some(n)) = (cx.axis(Port::Out(0)), cx.kept(Port::Out(0)).map(|k| k.len()))
+        else {
+            return Ok(());
+        };
+        let Some(t) = cx.input_fact(1).and_then(|f| f.value.clone()) else {
+            return Ok(());
+        };
+        let mut target = t.to_i64_vec();
+        if target[b] > 0 {
+            target[b] = n as i64;
+            cx.set_input(1, Tensor::from_i64(t.shape().to_vec(), target))?;
+        }
+        Ok(())
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let spec = self.spec(known_ints(inputs, 1, "the target shape of Reshape")?)?;
@@ -419,6 +475,10 @@ pub fn squeeze_shape(shape: &[usize], axes: Option<&[i64]>) -> Result<Vec<usize>
 }
 
 impl Op for Squeeze {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        regroup_map(cx, cx.inputs.len())
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let axes = known_ints(inputs, 1, "the axes of Squeeze")?.or_else(|| self.axes.clone());
@@ -472,6 +532,10 @@ impl Unsqueeze {
 }
 
 impl Op for Unsqueeze {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        regroup_map(cx, cx.inputs.len())
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         let axes = self.axes(known_ints(inputs, 1, "the axes of Unsqueeze")?)?;
@@ -514,6 +578,12 @@ impl Shape {
 }
 
 impl Op for Shape {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        let mut m = ChanMap::new(1, 1);
+        m.uses[0] = cx.fact(0).map(|_| Use::Shape);
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         Ok(vec![Fact::known(self.value(&fact(inputs, 0)?.shape))])
     }
@@ -582,6 +652,15 @@ fn constant_value(node: &Node) -> Result<Tensor> {
 }
 
 impl Op for Constant {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        // Reads shapes and scalars only.
+        let mut m = ChanMap::new(cx.inputs.len(), 1);
+        for (i, u) in m.uses.iter_mut().enumerate() {
+            *u = cx.fact(i).map(|_| Use::Shape);
+        }
+        Some(m)
+    }
+
     fn infer(&self, _inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         Ok(vec![Fact::known(self.value.clone())])
     }
@@ -616,6 +695,15 @@ impl ConstantOfShape {
 }
 
 impl Op for ConstantOfShape {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        // Reads shapes and scalars only.
+        let mut m = ChanMap::new(cx.inputs.len(), 1);
+        for (i, u) in m.uses.iter_mut().enumerate() {
+            *u = cx.fact(i).map(|_| Use::Shape);
+        }
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         fact(inputs, 0)?;
         let t = fact_value(inputs, 0).ok_or_else(|| {
@@ -719,6 +807,15 @@ impl Range {
 }
 
 impl Op for Range {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        // Reads shapes and scalars only.
+        let mut m = ChanMap::new(cx.inputs.len(), 1);
+        for (i, u) in m.uses.iter_mut().enumerate() {
+            *u = cx.fact(i).map(|_| Use::Shape);
+        }
+        Some(m)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         for i in 0..3 {
             fact(inputs, i)?;

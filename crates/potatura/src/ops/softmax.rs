@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::channels::{ChanCx, ChanMap};
 use super::common::{axis, fact, input, PAR_THRESHOLD};
 use super::pool::with_simd;
 use super::reduce::{max_f32, sum_f32};
@@ -232,6 +233,16 @@ fn compute<const LOG: bool>(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
 }
 
 impl Op for Softmax {
+    fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
+        // A softmax across channels couples all of them: frozen.
+        let r = cx.shape(0).len() as i64;
+        let ax = if self.axis < 0 { self.axis + r } else { self.axis };
+        match cx.axis(0) {
+            Some(a) if a as i64 == ax || (self.flatten && a as i64 >= ax) => None,
+            _ => Some(cx.passthrough()),
+        }
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = fact(inputs, 0)?;
         check_float(x.dtype)?;

@@ -39,11 +39,10 @@ pub struct Summary {
     pub nodes: Vec<NodeRow>,
 }
 
-/// Counts parameters and MACs at the given input shapes.
-pub fn summarize(model: &Model, inputs: &[InputShape]) -> Result<Summary> {
-    let info = infer_shapes(model, inputs)?;
+/// Float constants (initializers and `Constant` values of more than one
+/// element) by name, with their element counts: the model's parameters.
+fn param_sizes(model: &Model) -> std::collections::HashMap<&str, u64> {
     let g = &model.graph;
-    // Float constants: initializers and Constant node values, by name.
     let mut param_sizes: std::collections::HashMap<&str, u64> = g
         .initializers
         .iter()
@@ -59,6 +58,19 @@ pub fn summarize(model: &Model, inputs: &[InputShape]) -> Result<Summary> {
             }
         }
     }
+    param_sizes
+}
+
+/// Total parameters: elements of float initializers and `Constant` values.
+pub fn count_params(model: &Model) -> u64 {
+    param_sizes(model).values().sum()
+}
+
+/// Counts parameters and MACs at the given input shapes.
+pub fn summarize(model: &Model, inputs: &[InputShape]) -> Result<Summary> {
+    let info = infer_shapes(model, inputs)?;
+    let g = &model.graph;
+    let param_sizes = param_sizes(model);
     let total_params: u64 = param_sizes.values().sum();
     let mut seen = std::collections::HashSet::new();
     let mut nodes = Vec::with_capacity(g.nodes.len());

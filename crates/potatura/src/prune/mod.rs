@@ -1,0 +1,442 @@
+//! Structured pruning: choose which classes of coupled channels go
+//! ([`select`]), write that down as a [`Plan`] (serializable, for
+//! `--dry-run` and `--plan`), and remove them from the graph ([`apply`]).
+
+mod apply;
+
+use serde::{Deserialize, Serialize};
+
+pub use apply::apply;
+
+use crate::deps::DepGraph;
+use crate::error::{Error, Result};
+
+/// How much to remove.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Every group loses this fraction of its channels.
+    LayerRatio(f64),
+    /// This fraction of all prunable channels goes, ranked globally.
+    GlobalRatio(f64),
+    /// The pruned model has at most this fraction of the MACs.
+    Macs(f64),
+    /// The pruned model has at most this fraction of the parameters.
+    Params(f64),
+}
+
+/// Constraints on the selection.
+#[derive(Clone, Debug)]
+pub struct Select {
+    /// The goal.
+    pub target: Target,
+    /// Kept channel counts are multiples of this (when a group has more).
+    pub round_to: usize,
+    /// No group loses more than this fraction of its channels.
+    pub max_layer_ratio: f64,
+    /// Node-name globs: groups touching a matching node are left alone.
+    pub ignore: Vec<String>,
+}
+
+/// What one selection removes.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// Removed classes.
+    pub removed: Vec<usize>,
+    /// MACs after removal.
+    pub macs: f64,
+    /// Parameters after removal.
+    pub params: f64,
+    /// True when the target could not be reached within the constraints.
+    pub short: bool,
+}
+
+/// Matches `name` against a glob with `*` (any run) and `?` (one char).
+pub fn glob_match(pat: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pat.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Per prunable group: its classes sorted by ascending score, with the
+/// scores normalised by the group mean so groups compare.
+struct Ranked {
+    classes: Vec<usize>,
+    norm: Vec<f64>,
+    max_remove: usize,
+}
+
+/// Chooses the classes to remove from `scores` (one per class).
+pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection> {
+    if scores.len() != dg.classes.len() {
+        return Err(Error::Usage("one score per class is needed".into()));
+    }
+    let bad = |what: &str, v: f64| {
+        Error::Usage(format!("{what} {v}: expected a fraction between 0 and 1"))
+    };
+    let frac = match opts.target {
+        Target::LayerRatio(f) | Target::GlobalRatio(f) if !(0.0..1.0).contains(&f) => {
+            return Err(bad("pruning ratio", f))
+        }
+        Target::Macs(f) | Target::Params(f) if !(f > 0.0 && f <= 1.0) => {
+            return Err(bad("target", f))
+        }
+        Target::LayerRatio(f) | Target::GlobalRatio(f) | Target::Macs(f) | Target::Params(f) => f,
+    };
+    if !(0.0..=1.0).contains(&opts.max_layer_ratio) {
+        return Err(bad("--max-layer-ratio", opts.max_layer_ratio));
+    }
+    let round = opts.round_to.max(1);
+    let mut ranked = Vec::new();
+    for g in &dg.groups {
+        if g.frozen.is_some() || g.channels < 2 {
+            continue;
+        }
+        if opts
+            .ignore
+            .iter()
+            .any(|p| g.nodes.iter().chain([&g.name]).any(|n| glob_match(p, n)))
+        {
+            continue;
+        }
+        let mut classes = g.classes.clone();
+        classes.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+        let mean = classes.iter().map(|&c| scores[c]).sum::<f64>() / classes.len() as f64;
+        let norm = classes
+            .iter()
+            .map(|&c| if mean > 0.0 { scores[c] / mean } else { 0.0 })
+            .collect();
+        let n = g.channels;
+        let max_remove = ((n as f64 * opts.max_layer_ratio).floor() as usize).min(n - 1);
+        ranked.push(Ranked {
+            classes,
+            norm,
+            max_remove,
+        });
+    }
+    // How many of a group's channels go when `want` are asked for.
+    let limit = |r: &Ranked, want: usize| -> usize {
+        let n = r.classes.len();
+        let k = want.min(r.max_remove);
+        let kept = n - k;
+        let kept = if n > round {
+            kept.div_ceil(round) * round
+        } else {
+            kept
+        };
+        n - kept.min(n)
+    };
+    let removal = |counts: &[usize]| -> Vec<usize> {
+        ranked
+            .iter()
+            .zip(counts)
+            .flat_map(|(r, &k)| r.classes[..k].iter().copied())
+            .collect()
+    };
+    let evaluate = |counts: &[usize]| -> (f64, f64) {
+        let mut kept: Vec<usize> = dg.values.iter().map(|v| v.n).collect();
+        for (r, &k) in ranked.iter().zip(counts) {
+            for &c in &r.classes[..k] {
+                for &(v, _) in &dg.classes[c].slots {
+                    kept[v] -= 1;
+                }
+            }
+        }
+        dg.cost(&kept)
+    };
+    let at = |tau: f64| -> Vec<usize> {
+        ranked
+            .iter()
+            .map(|r| limit(r, r.norm.iter().take_while(|&&s| s < tau).count()))
+            .collect()
+    };
+    let counts: Vec<usize> = match opts.target {
+        Target::LayerRatio(f) => ranked
+            .iter()
+            .map(|r| limit(r, (r.classes.len() as f64 * f).floor() as usize))
+            .collect(),
+        Target::GlobalRatio(_) | Target::Macs(_) | Target::Params(_) => {
+            let total_ch: usize = ranked.iter().map(|r| r.classes.len()).sum();
+            let (m0, p0) = (dg.total_macs as f64, dg.total_params as f64);
+            let reached = |c: &[usize]| -> bool {
+                match opts.target {
+                    Target::GlobalRatio(f) => {
+                        c.iter().sum::<usize>() as f64 >= f * total_ch as f64
+                    }
+                    Target::Macs(f) => evaluate(c).0 <= f * m0 + 0.5,
+                    Target::Params(f) => evaluate(c).1 <= f * p0 + 0.5,
+                    Target::LayerRatio(_) => unreachable!(),
+                }
+            };
+            if frac == 1.0 && matches!(opts.target, Target::Macs(_) | Target::Params(_)) {
+                vec![0; ranked.len()]
+            } else {
+                // Smallest threshold whose removal reaches the target.
+                let hi0 = ranked
+                    .iter()
+                    .flat_map(|r| r.norm.iter().copied())
+                    .fold(0.0f64, f64::max)
+                    + 1.0;
+                let (mut lo, mut hi) = (0.0f64, hi0);
+                if !reached(&at(hi)) {
+                    lo = hi;
+                }
+                for _ in 0..60 {
+                    if hi - lo <= 1e-12 * hi0 {
+                        break;
+                    }
+                    let mid = 0.5 * (lo + hi);
+                    if reached(&at(mid)) {
+                        hi = mid;
+                    } else {
+                        lo = mid;
+                    }
+                }
+                at(hi)
+            }
+        }
+    };
+    let (macs, params) = evaluate(&counts);
+    let short = match opts.target {
+        Target::Macs(f) => macs > f * dg.total_macs as f64 + 0.5,
+        Target::Params(f) => params > f * dg.total_params as f64 + 0.5,
+        _ => false,
+    };
+    let mut removed = removal(&counts);
+    removed.sort_unstable();
+    Ok(Selection {
+        removed,
+        macs,
+        params,
+        short,
+    })
+}
+
+/// Channels removed from one group, named by one of its values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Removal {
+    /// The group's name (for people; not used to apply).
+    pub group: String,
+    /// A value of the group.
+    pub value: String,
+    /// Channel indices of that value that go (every channel of the removed
+    /// classes on that value).
+    pub channels: Vec<usize>,
+}
+
+/// A saved pruning plan: what `--dry-run` writes and `--plan` applies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Format version.
+    pub version: u32,
+    /// Input shapes the analysis used.
+    pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// Steps, applied in order, each to the result of the previous one.
+    pub steps: Vec<Vec<Removal>>,
+}
+
+/// The removals of one step, by value name and channel index.
+pub fn removals(dg: &DepGraph, removed: &[usize]) -> Vec<Removal> {
+    let mut by_group: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for &c in removed {
+        by_group.entry(dg.classes[c].group).or_default().push(c);
+    }
+    by_group
+        .into_iter()
+        .map(|(g, cls)| {
+            let group = &dg.groups[g];
+            // The value with the fewest slots per class names it best.
+            let (value, _) = group
+                .values
+                .iter()
+                .min_by_key(|(_, c)| *c)
+                .cloned()
+                .unwrap_or_default();
+            let vid = dg.value_ids[&value];
+            let mut channels: Vec<usize> = cls
+                .iter()
+                .flat_map(|&c| dg.classes[c].slots.iter())
+                .filter(|&&(v, _)| v == vid)
+                .map(|&(_, k)| k)
+                .collect();
+            channels.sort_unstable();
+            Removal {
+                group: group.name.clone(),
+                value,
+                channels,
+            }
+        })
+        .collect()
+}
+
+/// The classes a step's removals name, checked against `dg`.
+pub fn resolve(dg: &DepGraph, step: &[Removal]) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for r in step {
+        let v = dg.value_ids.get(&r.value).ok_or_else(|| {
+            Error::Usage(format!(
+                "plan: the model has no prunable tensor '{}' (group '{}'); was the plan made for another model?",
+                r.value, r.group
+            ))
+        })?;
+        for &k in &r.channels {
+            let c = dg.class_of(&r.value, k).ok_or_else(|| {
+                Error::Usage(format!(
+                    "plan: tensor '{}' has {} channels, the plan removes channel {k}",
+                    r.value, dg.values[*v].n
+                ))
+            })?;
+            if dg.is_frozen(c) {
+                return Err(Error::Usage(format!(
+                    "plan: channel {k} of '{}' cannot be removed: {}",
+                    r.value,
+                    dg.groups[dg.classes[c].group]
+                        .frozen
+                        .as_deref()
+                        .unwrap_or("frozen")
+                )));
+            }
+            out.push(c);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    // Every group keeps at least one channel.
+    for (gi, g) in dg.groups.iter().enumerate() {
+        let gone = out.iter().filter(|&&c| dg.classes[c].group == gi).count();
+        if gone >= g.channels && g.channels > 0 {
+            return Err(Error::Usage(format!(
+                "plan: removes all {} channels of group '{}'; every layer keeps at least one",
+                g.channels, g.name
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Everything a structured pruning run needs besides the model.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Target and constraints.
+    pub select: Select,
+    /// Importance criterion.
+    pub criterion: crate::importance::Criterion,
+    /// How member scores combine.
+    pub reduce: crate::importance::Reduce,
+    /// Prune in this many steps, re-scoring in between (at least 1).
+    pub steps: usize,
+    /// Seed for the random criterion.
+    pub seed: u64,
+    /// Batch size for calibration runs.
+    pub calib_batch: usize,
+}
+
+/// The result of [`structured`].
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The pruned model.
+    pub model: crate::ir::Model,
+    /// The plan that reproduces it.
+    pub plan: Plan,
+    /// True when the target could not be reached within the constraints.
+    pub short: bool,
+}
+
+/// Scores, selects and removes channels (in `opts.steps` steps).
+pub fn structured(
+    model: &crate::ir::Model,
+    inputs: &[crate::ir::InputShape],
+    opts: &Options,
+    calib: Option<&crate::ir::Tensor>,
+) -> Result<Outcome> {
+    use crate::importance::{class_scores, ActStats};
+    let steps = opts.steps.max(1);
+    let mut current = model.clone();
+    let mut plan = Plan {
+        version: 1,
+        input_shapes: inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.shape.clone()))
+            .collect(),
+        steps: Vec::new(),
+    };
+    let first = DepGraph::build(model, inputs)?;
+    let (m0, p0) = (first.total_macs as f64, first.total_params as f64);
+    let mut short = false;
+    for step in 1..=steps {
+        let dg = if step == 1 {
+            first.clone()
+        } else {
+            DepGraph::build(&current, inputs)?
+        };
+        let stats = match (opts.criterion.needs_data(), calib) {
+            (true, Some(data)) => Some(ActStats::collect(&current, &dg, data, opts.calib_batch)?),
+            _ => None,
+        };
+        let scores = class_scores(&dg, opts.criterion, opts.reduce, stats.as_ref(), opts.seed)?;
+        // This step's share of the target, relative to the current model.
+        let t = step as f64 / steps as f64;
+        let target = match opts.select.target {
+            Target::Macs(f) => Target::Macs(((1.0 - (1.0 - f) * t) * m0 / (dg.total_macs as f64).max(1.0)).min(1.0)),
+            Target::Params(f) => Target::Params(((1.0 - (1.0 - f) * t) * p0 / (dg.total_params as f64).max(1.0)).min(1.0)),
+            Target::LayerRatio(f) => Target::LayerRatio(1.0 - (1.0 - f).powf(1.0 / steps as f64)),
+            Target::GlobalRatio(f) => Target::GlobalRatio(1.0 - (1.0 - f).powf(1.0 / steps as f64)),
+        };
+        let sel = select(
+            &dg,
+            &scores,
+            &Select {
+                target,
+                ..opts.select.clone()
+            },
+        )?;
+        short |= sel.short;
+        plan.steps.push(removals(&dg, &sel.removed));
+        current = apply(&current, &dg, &sel.removed, inputs)?;
+    }
+    Ok(Outcome {
+        model: current,
+        plan,
+        short,
+    })
+}
+
+/// Applies a saved plan to `model`.
+pub fn apply_plan(
+    model: &crate::ir::Model,
+    inputs: &[crate::ir::InputShape],
+    plan: &Plan,
+) -> Result<crate::ir::Model> {
+    if plan.version != 1 {
+        return Err(Error::Usage(format!(
+            "plan version {} is not supported (this potatura reads version 1)",
+            plan.version
+        )));
+    }
+    let mut current = model.clone();
+    for step in &plan.steps {
+        let dg = DepGraph::build(&current, inputs)?;
+        let removed = resolve(&dg, step)?;
+        current = apply(&current, &dg, &removed, inputs)?;
+    }
+    Ok(current)
+}
