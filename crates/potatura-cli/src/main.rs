@@ -109,7 +109,12 @@ struct PruneArgs {
     /// The ONNX model.
     model: PathBuf,
     /// Where to write the pruned model.
-    #[arg(short = 'o', long = "output", value_name = "OUT.onnx", required_unless_present = "dry_run")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "OUT.onnx",
+        required_unless_present = "dry_run"
+    )]
     output: Option<PathBuf>,
     /// What to remove: channels (filters, heads, FFN units).
     #[arg(long, default_value = "channel", value_parser = ["channel"])]
@@ -323,11 +328,17 @@ struct PruneReport {
 }
 
 /// Output channels of weight layers by node name.
-fn layer_channels(model: &Model, inputs: &[potatura::ir::InputShape]) -> Result<Vec<(String, String, usize)>> {
+fn layer_channels(
+    model: &Model,
+    inputs: &[potatura::ir::InputShape],
+) -> Result<Vec<(String, String, usize)>> {
     let info = potatura::exec::infer_shapes_lenient(model, inputs)?;
     let mut out = Vec::new();
     for (n, ni) in model.graph.nodes.iter().zip(&info.nodes) {
-        if !matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul") {
+        if !matches!(
+            n.op_type.as_str(),
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul"
+        ) {
             continue;
         }
         let w = n.inputs.get(1).and_then(|w| info.facts.get(w));
@@ -335,7 +346,11 @@ fn layer_channels(model: &Model, inputs: &[potatura::ir::InputShape]) -> Result<
             continue;
         }
         if let Some(f) = ni.outputs.first() {
-            let axis = if n.op_type.starts_with("Conv") { 1 } else { f.shape.len().saturating_sub(1) };
+            let axis = if n.op_type.starts_with("Conv") {
+                1
+            } else {
+                f.shape.len().saturating_sub(1)
+            };
             if let Some(&c) = f.shape.get(axis) {
                 out.push((n.label(), n.op_type.clone(), c));
             }
@@ -380,7 +395,9 @@ fn measure(
         Measured {
             params: s.params,
             macs: s.macs,
-            file_bytes: file.and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len()),
+            file_bytes: file
+                .and_then(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len()),
             latency_ms,
             accuracy,
             agreement,
@@ -389,15 +406,22 @@ fn measure(
     ))
 }
 
+/// A spinner on stderr for a stage that may take more than a second
+/// (hidden when stderr is not a terminal).
+fn stage(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
 fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     use potatura::importance::{Criterion, Reduce};
     use potatura::prune::{Select, Target};
     let path = a.model.as_path();
     let model = load(path)?;
     let inputs = a.shapes.resolve(&model, path)?;
-    let parse = |s: &str| -> Result<Criterion> {
-        Ok(serde_json::from_str(&format!("\"{s}\""))?)
-    };
+    let parse = |s: &str| -> Result<Criterion> { Ok(serde_json::from_str(&format!("\"{s}\""))?) };
     let criterion = parse(&a.importance)?;
     let reduce: Reduce = serde_json::from_str(&format!("\"{}\"", a.reduce))?;
     let target = match (a.target_macs, a.target_params, a.ratio, a.global_ratio) {
@@ -414,8 +438,18 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     let calib = match &a.calib {
         Some(c) => {
             let t = potatura::data::load_tensor(c)?;
-            let n = t.shape().first().copied().unwrap_or(0).min(a.calib_samples.max(1));
-            Some(potatura::eval::batches(&t, n)?.into_iter().next().ok_or_else(|| anyhow::anyhow!("{}: no samples", c.display()))?)
+            let n = t
+                .shape()
+                .first()
+                .copied()
+                .unwrap_or(0)
+                .min(a.calib_samples.max(1));
+            Some(
+                potatura::eval::batches(&t, n)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("{}: no samples", c.display()))?,
+            )
         }
         None => None,
     };
@@ -433,19 +467,23 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         calib_batch: 32,
     };
     let ctx = || format!("{}", path.display());
+    let pb = stage("analysing channel dependencies and pruning");
     let (pruned, plan, short) = match &a.plan {
         Some(pp) => {
-            let text = std::fs::read_to_string(pp).with_context(|| format!("reading {}", pp.display()))?;
+            let text =
+                std::fs::read_to_string(pp).with_context(|| format!("reading {}", pp.display()))?;
             let plan: potatura::prune::Plan = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a potatura plan", pp.display()))?;
             let m = potatura::prune::apply_plan(&model, &inputs, &plan).with_context(ctx)?;
             (m, plan, false)
         }
         None => {
-            let o = potatura::prune::structured(&model, &inputs, &opts, calib.as_ref()).with_context(ctx)?;
+            let o = potatura::prune::structured(&model, &inputs, &opts, calib.as_ref())
+                .with_context(ctx)?;
             (o.model, o.plan, o.short)
         }
     };
+    pb.finish_and_clear();
     if a.dry_run {
         let text = serde_json::to_string_pretty(&plan)?;
         match &a.output {
@@ -454,9 +492,15 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let out = a.output.as_deref().expect("clap requires -o without --dry-run");
+    let out = a
+        .output
+        .as_deref()
+        .expect("clap requires -o without --dry-run");
     if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(path).ok() {
-        bail!("{}: the output would overwrite the input model; choose another -o", out.display());
+        bail!(
+            "{}: the output would overwrite the input model; choose another -o",
+            out.display()
+        );
     }
     potatura::onnx::save(&pruned, out)?;
     // Success only after the written file loads and runs.
@@ -465,22 +509,39 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     let outs = exec
         .run(potatura::report::latency::synthetic_inputs(&inputs)?)
         .with_context(|| format!("running the pruned model {}", out.display()))?;
-    let dense_outs = Executor::new(&model)?.run(potatura::report::latency::synthetic_inputs(&inputs)?)?;
+    let dense_outs =
+        Executor::new(&model)?.run(potatura::report::latency::synthetic_inputs(&inputs)?)?;
     for ((n, t), (_, d)) in outs.iter().zip(&dense_outs) {
         if t.shape() != d.shape() {
-            bail!("internal: output '{n}' changed shape from {:?} to {:?}", d.shape(), t.shape());
+            bail!(
+                "internal: output '{n}' changed shape from {:?} to {:?}",
+                d.shape(),
+                t.shape()
+            );
         }
     }
     let eval = match &a.eval_data {
         Some(d) => {
             let x = potatura::data::load_tensor(d)?;
-            let labels = a.eval_labels.as_deref().map(potatura::data::load_tensor).transpose()?.map(|l| l.to_i64_vec());
+            let labels = a
+                .eval_labels
+                .as_deref()
+                .map(potatura::data::load_tensor)
+                .transpose()?
+                .map(|l| l.to_i64_vec());
             Some((x, labels))
         }
         None => None,
     };
     let (before, dense_preds) = measure(&model, Some(path), &inputs, a, eval.as_ref(), None)?;
-    let (after, _) = measure(&reloaded, Some(out), &inputs, a, eval.as_ref(), dense_preds.as_deref())?;
+    let (after, _) = measure(
+        &reloaded,
+        Some(out),
+        &inputs,
+        a,
+        eval.as_ref(),
+        dense_preds.as_deref(),
+    )?;
     let lb = layer_channels(&model, &inputs)?;
     let la: std::collections::HashMap<String, usize> = layer_channels(&reloaded, &inputs)?
         .into_iter()
@@ -505,7 +566,11 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         frozen_groups: dg
             .groups
             .iter()
-            .filter_map(|g| g.frozen.as_ref().map(|f| (g.name.clone(), g.channels, f.clone())))
+            .filter_map(|g| {
+                g.frozen
+                    .as_ref()
+                    .map(|f| (g.name.clone(), g.channels, f.clone()))
+            })
             .collect(),
         target_reached: !short,
     };
@@ -522,18 +587,61 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
     }
     let (b, a) = (&r.before, &r.after);
     let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
-    writeln!(out, "{} -> {} (importance {})", r.model, r.output, r.importance)?;
-    writeln!(out, "{:<14} {:>14} {:>14} {:>9}", "", "before", "after", "after/before")?;
-    writeln!(out, "{:<14} {:>14} {:>14} {:>9.3}", "params", b.params, a.params, ratio(a.params as f64, b.params as f64))?;
-    writeln!(out, "{:<14} {:>14} {:>14} {:>9.3}", "MACs", b.macs, a.macs, ratio(a.macs as f64, b.macs as f64))?;
+    writeln!(
+        out,
+        "{} -> {} (importance {})",
+        r.model, r.output, r.importance
+    )?;
+    writeln!(
+        out,
+        "{:<14} {:>14} {:>14} {:>9}",
+        "", "before", "after", "after/before"
+    )?;
+    writeln!(
+        out,
+        "{:<14} {:>14} {:>14} {:>9.3}",
+        "params",
+        b.params,
+        a.params,
+        ratio(a.params as f64, b.params as f64)
+    )?;
+    writeln!(
+        out,
+        "{:<14} {:>14} {:>14} {:>9.3}",
+        "MACs",
+        b.macs,
+        a.macs,
+        ratio(a.macs as f64, b.macs as f64)
+    )?;
     if let (Some(x), Some(y)) = (b.file_bytes, a.file_bytes) {
-        writeln!(out, "{:<14} {:>14} {:>14} {:>9.3}", "file bytes", x, y, ratio(y as f64, x as f64))?;
+        writeln!(
+            out,
+            "{:<14} {:>14} {:>14} {:>9.3}",
+            "file bytes",
+            x,
+            y,
+            ratio(y as f64, x as f64)
+        )?;
     }
     if let (Some(x), Some(y)) = (b.latency_ms, a.latency_ms) {
-        writeln!(out, "{:<14} {:>11.3} ms {:>11.3} ms {:>9.3}   (speed-up {:.2}x)", "latency", x, y, ratio(y, x), ratio(x, y))?;
+        writeln!(
+            out,
+            "{:<14} {:>11.3} ms {:>11.3} ms {:>9.3}   (speed-up {:.2}x)",
+            "latency",
+            x,
+            y,
+            ratio(y, x),
+            ratio(x, y)
+        )?;
     }
     if let (Some(x), Some(y)) = (b.accuracy, a.accuracy) {
-        writeln!(out, "{:<14} {:>13.2}% {:>13.2}%", "accuracy", x * 100.0, y * 100.0)?;
+        writeln!(
+            out,
+            "{:<14} {:>13.2}% {:>13.2}%",
+            "accuracy",
+            x * 100.0,
+            y * 100.0
+        )?;
     }
     if let Some(y) = a.agreement {
         writeln!(out, "{:<14} {:>14} {:>13.2}%", "agreement", "", y * 100.0)?;
@@ -542,11 +650,23 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
         writeln!(out, "note: the target was not reached within the constraints (--max-layer-ratio, --round-to, frozen groups)")?;
     }
     writeln!(out, "channels per layer (changed only):")?;
-    for l in r.layers.iter().filter(|l| l.channels_after != l.channels_before) {
-        writeln!(out, "  {:<48} {:>5} -> {:<5}", l.node, l.channels_before, l.channels_after)?;
+    for l in r
+        .layers
+        .iter()
+        .filter(|l| l.channels_after != l.channels_before)
+    {
+        writeln!(
+            out,
+            "  {:<48} {:>5} -> {:<5}",
+            l.node, l.channels_before, l.channels_after
+        )?;
     }
     if !r.frozen_groups.is_empty() {
-        writeln!(out, "frozen (not pruned): {} group(s); `potatura groups` lists them", r.frozen_groups.len())?;
+        writeln!(
+            out,
+            "frozen (not pruned): {} group(s); `potatura groups` lists them",
+            r.frozen_groups.len()
+        )?;
     }
     Ok(())
 }
@@ -590,7 +710,9 @@ fn groups(path: &Path, json: bool, all: bool, shapes: &ShapeArgs) -> Result<Exit
     }
     let mut reasons: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for g in &frozen {
-        let e = reasons.entry(g.frozen.as_deref().unwrap_or("")).or_default();
+        let e = reasons
+            .entry(g.frozen.as_deref().unwrap_or(""))
+            .or_default();
         e.0 += 1;
         e.1 += g.channels;
     }

@@ -360,3 +360,123 @@ fn bench_times_the_model_and_every_node() {
     );
     assert_fails(&potatura(&["bench", p(&m), "--seconds=-1"]), &["--seconds"]);
 }
+
+#[test]
+fn groups_lists_prunable_and_frozen_groups() {
+    let m = fx("resnet_mini.onnx");
+    let text = stdout(&potatura(&["groups", p(&m)]));
+    assert!(text.contains("8 prunable groups"), "{text}");
+    assert!(text.contains("graph output"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&potatura(&["groups", p(&m), "--json"]))).unwrap();
+    let groups = json["groups"].as_array().unwrap();
+    assert!(groups
+        .iter()
+        .any(|g| g["frozen"].is_null() && g["channels"] == 64));
+    let text = stdout(&potatura(&["groups", p(&fx("unknown_op.onnx")), "--all"]));
+    assert!(text.contains("mystery_1"), "{text}");
+}
+
+#[test]
+fn prune_reports_before_and_after_and_plans_round_trip() {
+    let dir = tmp("prune");
+    let m = example("mnist_cnn.onnx");
+    let out = dir.join("half.onnx");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&[
+        "prune",
+        p(&m),
+        "-o",
+        p(&out),
+        "--target-macs",
+        "0.5",
+        "--eval-data",
+        p(&example("t10k-images-5k-idx3-ubyte.gz")),
+        "--eval-labels",
+        p(&example("t10k-labels-5k-idx1-ubyte.gz")),
+        "--latency-seconds",
+        "0.2",
+        "--json",
+    ])))
+    .unwrap();
+    let (b, a) = (&json["before"], &json["after"]);
+    assert!(a["macs"].as_f64().unwrap() <= 0.5 * b["macs"].as_f64().unwrap());
+    assert!(a["file_bytes"].as_u64().unwrap() < b["file_bytes"].as_u64().unwrap());
+    assert!(b["accuracy"].as_f64().unwrap() > 0.98);
+    assert!(a["accuracy"].as_f64().is_some() && a["agreement"].as_f64().is_some());
+    assert!(a["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(json["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["channels_after"].as_u64() < l["channels_before"].as_u64()));
+    // The dry run writes a plan; applying it gives the same file.
+    let plan = dir.join("plan.json");
+    stdout(&potatura(&[
+        "prune",
+        p(&m),
+        "--target-macs",
+        "0.5",
+        "--dry-run",
+        "-o",
+        p(&plan),
+    ]));
+    let again = dir.join("again.onnx");
+    let text = stdout(&potatura(&[
+        "prune",
+        p(&m),
+        "--plan",
+        p(&plan),
+        "-o",
+        p(&again),
+        "--latency-seconds",
+        "0",
+    ]));
+    assert!(text.contains("MACs"), "{text}");
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    // A plan for another model is refused.
+    let other = dir.join("other.onnx");
+    assert_fails(
+        &potatura(&[
+            "prune",
+            p(&fx("resnet_mini.onnx")),
+            "--plan",
+            p(&plan),
+            "-o",
+            p(&other),
+        ]),
+        &["plan", "another model"],
+    );
+}
+
+#[test]
+fn prune_refuses_bad_requests() {
+    let dir = tmp("prune-bad");
+    let m = example("mnist_cnn.onnx");
+    let out = dir.join("x.onnx");
+    assert_fails(
+        &potatura(&["prune", p(&m), "-o", p(&out)]),
+        &["--target-macs"],
+    );
+    assert_fails(
+        &potatura(&["prune", p(&m), "-o", p(&out), "--target-macs", "1.5"]),
+        &["1.5", "fraction"],
+    );
+    assert_fails(
+        &potatura(&[
+            "prune",
+            p(&m),
+            "-o",
+            p(&out),
+            "--ratio",
+            "0.3",
+            "--importance",
+            "activation",
+        ]),
+        &["--calib"],
+    );
+    assert_fails(
+        &potatura(&["prune", p(&m), "-o", p(&m), "--ratio", "0.3"]),
+        &["overwrite the input"],
+    );
+    assert!(!out.exists());
+}

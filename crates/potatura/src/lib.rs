@@ -14,8 +14,8 @@ pub mod exec;
 pub mod importance;
 pub mod ir;
 pub mod onnx;
-pub mod prune;
 pub mod ops;
+pub mod prune;
 pub mod report;
 
 pub use error::{Error, Result};

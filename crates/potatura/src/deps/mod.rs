@@ -59,7 +59,11 @@ pub struct NodeChan {
 
 impl NodeChan {
     /// The value of constant input `i` at the analysed shapes.
-    pub fn const_value(&self, shapes: &ShapeInfo, i: usize) -> Option<std::sync::Arc<crate::ir::Tensor>> {
+    pub fn const_value(
+        &self,
+        shapes: &ShapeInfo,
+        i: usize,
+    ) -> Option<std::sync::Arc<crate::ir::Tensor>> {
         shapes.facts.get(self.inputs.get(i)?)?.value.clone()
     }
 
@@ -139,6 +143,9 @@ pub struct DepGraph {
     /// Value id by name.
     pub value_ids: HashMap<String, usize>,
 }
+
+/// A class's footprint: values touched with slot counts, and why frozen.
+type Signature = (Vec<(usize, usize)>, Option<String>);
 
 struct UnionFind(Vec<usize>);
 
@@ -318,8 +325,7 @@ impl DepGraph {
             let computed = |k: usize| facts[k].is_some_and(|f| f.value.is_none());
             // Folded: every input known before running.
             if !n.inputs.is_empty()
-                && n
-                    .inputs
+                && n.inputs
                     .iter()
                     .zip(&facts)
                     .all(|(s, f)| s.is_empty() || f.is_some_and(|f| f.value.is_some()))
@@ -327,7 +333,12 @@ impl DepGraph {
                 continue;
             }
             let unknown = shapes.unknown.contains(&i);
-            let map = if unknown || facts.iter().zip(&n.inputs).any(|(f, s)| !s.is_empty() && f.is_none()) {
+            let map = if unknown
+                || facts
+                    .iter()
+                    .zip(&n.inputs)
+                    .any(|(f, s)| !s.is_empty() && f.is_none())
+            {
                 None
             } else {
                 let op = ops::build(n, opset)?;
@@ -361,7 +372,10 @@ impl DepGraph {
                     }
                 }
                 for o in &n.outputs {
-                    no_info.insert(o.clone(), format!("produced by {label}, whose channels are not mapped"));
+                    no_info.insert(
+                        o.clone(),
+                        format!("produced by {label}, whose channels are not mapped"),
+                    );
                 }
                 continue;
             };
@@ -411,7 +425,10 @@ impl DepGraph {
                     shapes.nodes[i].outputs.get(o),
                 ) else {
                     if !name.is_empty() {
-                        no_info.insert(name.clone(), format!("produced by {label} without channels"));
+                        no_info.insert(
+                            name.clone(),
+                            format!("produced by {label} without channels"),
+                        );
                     }
                     continue;
                 };
@@ -442,7 +459,11 @@ impl DepGraph {
                     Pairs::Same => a.n == b.n,
                     Pairs::Offset(off) => off + a.n <= b.n,
                     Pairs::Blocks { a_per, b_per } => {
-                        a_per > 0 && b_per > 0 && a.n % a_per == 0 && b.n % b_per == 0 && a.n / a_per == b.n / b_per
+                        a_per > 0
+                            && b_per > 0
+                            && a.n % a_per == 0
+                            && b.n % b_per == 0
+                            && a.n / a_per == b.n / b_per
                     }
                 };
                 if !ok {
@@ -511,7 +532,8 @@ impl DepGraph {
 
     fn make_groups(&mut self, model: &Model) {
         // Signature: values touched with slot counts, and the frozen reason.
-        let mut by_sig: BTreeMap<(Vec<(usize, usize)>, Option<String>), Vec<usize>> = BTreeMap::new();
+        let mut by_sig: BTreeMap<Signature, Vec<usize>> =
+            BTreeMap::new();
         for (ci, c) in self.classes.iter().enumerate() {
             let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
             for &(v, _) in &c.slots {
@@ -652,4 +674,3 @@ impl DepGraph {
         self.groups[self.classes[c].group].frozen.is_some()
     }
 }
-

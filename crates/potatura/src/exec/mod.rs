@@ -454,7 +454,7 @@ fn declared_fact(model: &Model, name: &str) -> Option<Fact> {
         .as_ref()?
         .iter()
         .map(|d| match d {
-            Dim::Known(k) => Some(*k as usize),
+            Dim::Known(k) => Some(*k),
             _ => None,
         })
         .collect::<Option<Vec<usize>>>()?;

@@ -230,7 +230,7 @@ pub fn class_scores(
     let mut members: Vec<Vec<f64>> = vec![Vec::new(); n_cls];
     let push = |members: &mut Vec<Vec<f64>>, v: usize, stat: &[f64]| {
         let val = &dg.values[v];
-        let mut acc: HashMap<usize, f64> = HashMap::new();
+        let mut acc: std::collections::BTreeMap<usize, f64> = Default::default();
         for (k, s) in stat.iter().enumerate().take(val.n) {
             *acc.entry(dg.slot_class[val.base + k]).or_default() += s;
         }
@@ -265,7 +265,9 @@ pub fn class_scores(
                     // Running statistics are not importance.
                     continue;
                 }
-                let Some(sl) = slices(&t, w.axis) else { continue };
+                let Some(sl) = slices(&t, w.axis) else {
+                    continue;
+                };
                 if sl.len() != dg.values[v].n {
                     continue;
                 }

@@ -77,6 +77,25 @@ pub fn load_bytes(bytes: &[u8], base_dir: Option<&Path>, path: &Path) -> Result<
     })
 }
 
+/// An empty model (IR version 8, the given default-domain opset, a graph
+/// named `name`) to fill in: for building models in code and tests.
+pub fn new_model(name: &str, opset: i64) -> Model {
+    let mp = proto::ModelProto {
+        ir_version: Some(8),
+        producer_name: Some("potatura".into()),
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        graph: Some(proto::GraphProto {
+            name: Some(name.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    load_bytes(&mp.encode_to_vec(), None, Path::new(name)).expect("a minimal model loads")
+}
+
 /// Serialises a model. Tensors stored externally keep their references;
 /// use [`save`] to write them too.
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {

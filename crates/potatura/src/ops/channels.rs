@@ -307,9 +307,7 @@ pub trait PruneCx {
 
 /// Number of kept channels of `port`, or its original count when unchanged.
 pub fn kept_len(cx: &dyn PruneCx, port: Port) -> Option<usize> {
-    cx.kept(port)
-        .map(|k| k.len())
-        .or_else(|| cx.channels(port))
+    cx.kept(port).map(|k| k.len()).or_else(|| cx.channels(port))
 }
 
 /// The map of an op that only changes how elements are grouped into axes

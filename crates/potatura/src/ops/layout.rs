@@ -401,8 +401,8 @@ impl Op for Concat {
         if axes.iter().flatten().any(|&a| a == ax) {
             // Along the channels: input i's channels sit at an offset.
             let mut off = 0;
-            for i in 0..n {
-                if cx.is_const(i) || axes[i].is_some_and(|a| a != ax) {
+            for (i, axis) in axes.iter().enumerate() {
+                if cx.is_const(i) || axis.is_some_and(|a| a != ax) {
                     return None;
                 }
                 m.uses[i] = Some(Use::Axis(ax));
@@ -423,7 +423,7 @@ impl Op for Concat {
             }
             return Some(m);
         };
-        for i in 0..n {
+        for (i, axis) in axes.iter().enumerate() {
             if cx.is_const(i) {
                 if cx.shape(i)[a] > 1 {
                     m.weights.push(WeightAxis {
@@ -434,7 +434,7 @@ impl Op for Concat {
                 }
                 continue;
             }
-            if axes[i].is_some_and(|x| x != a) {
+            if axis.is_some_and(|x| x != a) {
                 return None;
             }
             m.uses[i] = Some(Use::Axis(a));
@@ -868,7 +868,10 @@ impl Op for Slice {
         let (Some(f), Some(n_in)) = (cx.input_fact(0), cx.channels(Port::In(0))) else {
             return Ok(());
         };
-        let get = |i: usize| cx.input_fact(i).and_then(|f| f.value.as_ref().map(|v| v.to_i64_vec()));
+        let get = |i: usize| {
+            cx.input_fact(i)
+                .and_then(|f| f.value.as_ref().map(|v| v.to_i64_vec()))
+        };
         let (starts, ends, axes) = (get(1), get(2), get(3));
         let plan = self.plan(&f.shape, starts.clone(), ends.clone(), axes.clone(), get(4))?;
         let p = plan[a];

@@ -405,8 +405,10 @@ impl Op for Reshape {
     }
 
     fn prune(&self, cx: &mut dyn PruneCx) -> Result<()> {
-        let (Some(b), Some(n)) = (cx.axis(Port::Out(0)), cx.kept(Port::Out(0)).map(|k| k.len()))
-        else {
+        let (Some(b), Some(n)) = (
+            cx.axis(Port::Out(0)),
+            cx.kept(Port::Out(0)).map(|k| k.len()),
+        ) else {
             return Ok(());
         };
         let Some(t) = cx.input_fact(1).and_then(|f| f.value.clone()) else {

@@ -236,7 +236,11 @@ impl Op for Softmax {
     fn channels(&self, cx: &ChanCx) -> Option<ChanMap> {
         // A softmax across channels couples all of them: frozen.
         let r = cx.shape(0).len() as i64;
-        let ax = if self.axis < 0 { self.axis + r } else { self.axis };
+        let ax = if self.axis < 0 {
+            self.axis + r
+        } else {
+            self.axis
+        };
         match cx.axis(0) {
             Some(a) if a as i64 == ax || (self.flatten && a as i64 >= ax) => None,
             _ => Some(cx.passthrough()),

@@ -28,6 +28,31 @@ impl NodeCx<'_> {
         self.dg.nodes[self.node].value(p)
     }
 
+    /// The initializer behind `name` when `name` is that initializer or the
+    /// end of a chain of Cast/Identity nodes, each read by one node only.
+    fn private_source(&self, name: &str) -> Option<String> {
+        let g = &self.model.graph;
+        let mut cur = name.to_string();
+        let mut hops = 0;
+        loop {
+            if self.readers.get(&cur).copied() != Some(1)
+                || self.fixed_outputs.contains(&cur)
+                || g.inputs.iter().any(|v| v.name == cur)
+            {
+                return None;
+            }
+            if g.initializers.iter().any(|t| t.name == cur) {
+                return (hops > 0).then_some(cur);
+            }
+            let n = g.nodes.iter().find(|n| n.outputs.first() == Some(&cur))?;
+            if !matches!(n.op_type.as_str(), "Cast" | "Identity") || n.inputs.len() != 1 {
+                return None;
+            }
+            cur = n.inputs[0].clone();
+            hops += 1;
+        }
+    }
+
     fn unique_name(&self, base: &str) -> String {
         let taken = |n: &str| {
             self.model.graph.initializers.iter().any(|t| t.name == n)
@@ -67,8 +92,46 @@ impl PruneCx for NodeCx<'_> {
         self.input_fact(i).is_some_and(|f| f.value.is_some())
     }
     fn set_input(&mut self, i: usize, t: Tensor) -> Result<()> {
+        let name = self.model.graph.nodes[self.node]
+            .inputs
+            .get(i)
+            .cloned()
+            .unwrap_or_default();
+        // A weight stored in another type (fp16, int8) and converted by a
+        // private chain of Cast/Identity nodes: slice the stored tensor and
+        // keep the chain, so the file keeps its storage type.
+        if let Some(src) = self.private_source(&name) {
+            let init = self
+                .model
+                .graph
+                .initializers
+                .iter_mut()
+                .find(|x| x.name == src)
+                .expect("private_source returns initializers");
+            let dt = init.dtype();
+            let converted = match (dt.storage(), t.data()) {
+                (crate::ir::Storage::Float, crate::ir::Data::F32(v)) => {
+                    Some(Tensor::from_float(dt, t.shape().to_vec(), v.clone()))
+                }
+                (crate::ir::Storage::Int, crate::ir::Data::F32(v))
+                    if v.iter().all(|x| x.fract() == 0.0) =>
+                {
+                    Some(Tensor::from_int(
+                        dt,
+                        t.shape().to_vec(),
+                        v.iter().map(|&x| x as i64).collect(),
+                    ))
+                }
+                (crate::ir::Storage::Int, crate::ir::Data::I64(v)) => {
+                    Some(Tensor::from_int(dt, t.shape().to_vec(), v.clone()))
+                }
+                _ => None,
+            };
+            if let Some(c) = converted {
+                return init.set(&c);
+            }
+        }
         let g = &self.model.graph;
-        let name = g.nodes[self.node].inputs.get(i).cloned().unwrap_or_default();
         let label = g.nodes[self.node].label();
         let own_initializer = !name.is_empty()
             && self.readers.get(&name).copied() == Some(1)
@@ -119,7 +182,12 @@ impl PruneCx for NodeCx<'_> {
 /// Removes the classes `removed` of `dg` (built from `model` at `inputs`)
 /// and returns the pruned model, validated and with its declared shapes
 /// refreshed. Removing nothing returns the model unchanged.
-pub fn apply(model: &Model, dg: &DepGraph, removed: &[usize], inputs: &[InputShape]) -> Result<Model> {
+pub fn apply(
+    model: &Model,
+    dg: &DepGraph,
+    removed: &[usize],
+    inputs: &[InputShape],
+) -> Result<Model> {
     let mut out = model.clone();
     if removed.is_empty() {
         return Ok(out);
@@ -159,7 +227,8 @@ pub fn apply(model: &Model, dg: &DepGraph, removed: &[usize], inputs: &[InputSha
             *readers.entry(i.clone()).or_default() += 1;
         }
     }
-    let graph_outputs: HashSet<String> = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let graph_outputs: HashSet<String> =
+        model.graph.outputs.iter().map(|o| o.name.clone()).collect();
     let opset = model.opset();
     for (i, nc) in dg.nodes.iter().enumerate() {
         let Some(map) = &nc.map else { continue };
@@ -226,7 +295,9 @@ fn remove_dead(m: &mut Model) {
                 let n = &g.nodes[i];
                 n.is_onnx_domain()
                     && !n.outputs.is_empty()
-                    && n.outputs.iter().all(|o| o.is_empty() || !used.contains(o.as_str()))
+                    && n.outputs
+                        .iter()
+                        .all(|o| o.is_empty() || !used.contains(o.as_str()))
             })
             .collect();
         if dead.is_empty() {
@@ -246,9 +317,8 @@ fn remove_dead(m: &mut Model) {
     let inputs: HashSet<String> = g.inputs.iter().map(|v| v.name.clone()).collect();
     g.initializers
         .retain(|t| used.contains(&t.name) || inputs.contains(&t.name));
-    g.value_info.retain(|v| {
-        used.contains(&v.name) || g.nodes.iter().any(|n| n.outputs.contains(&v.name))
-    });
+    g.value_info
+        .retain(|v| used.contains(&v.name) || g.nodes.iter().any(|n| n.outputs.contains(&v.name)));
 }
 
 /// Rewrites the fixed dims of `value_info` (and graph outputs) to the
@@ -265,8 +335,8 @@ fn refresh_shapes(m: &mut Model, inputs: &[InputShape]) -> Result<()> {
         }
         for (d, &n) in dims.iter_mut().zip(&f.shape) {
             if let Dim::Known(k) = d {
-                if *k as usize != n {
-                    *d = Dim::Known(n as _);
+                if *k != n {
+                    *d = Dim::Known(n);
                 }
             }
         }

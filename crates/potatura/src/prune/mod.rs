@@ -38,6 +38,31 @@ pub struct Select {
     pub ignore: Vec<String>,
 }
 
+impl Select {
+    /// Checks the numbers; returns the target fraction.
+    pub fn check(&self) -> Result<f64> {
+        let bad = |what: &str, v: f64| {
+            Error::Usage(format!("{what} {v}: expected a fraction between 0 and 1"))
+        };
+        let frac = match self.target {
+            Target::LayerRatio(f) | Target::GlobalRatio(f) if !(0.0..1.0).contains(&f) => {
+                return Err(bad("pruning ratio", f))
+            }
+            Target::Macs(f) | Target::Params(f) if !(f > 0.0 && f <= 1.0) => {
+                return Err(bad("target", f))
+            }
+            Target::LayerRatio(f)
+            | Target::GlobalRatio(f)
+            | Target::Macs(f)
+            | Target::Params(f) => f,
+        };
+        if !(0.0..=1.0).contains(&self.max_layer_ratio) {
+            return Err(bad("--max-layer-ratio", self.max_layer_ratio));
+        }
+        Ok(frac)
+    }
+}
+
 /// What one selection removes.
 #[derive(Clone, Debug)]
 pub struct Selection {
@@ -90,21 +115,7 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
     if scores.len() != dg.classes.len() {
         return Err(Error::Usage("one score per class is needed".into()));
     }
-    let bad = |what: &str, v: f64| {
-        Error::Usage(format!("{what} {v}: expected a fraction between 0 and 1"))
-    };
-    let frac = match opts.target {
-        Target::LayerRatio(f) | Target::GlobalRatio(f) if !(0.0..1.0).contains(&f) => {
-            return Err(bad("pruning ratio", f))
-        }
-        Target::Macs(f) | Target::Params(f) if !(f > 0.0 && f <= 1.0) => {
-            return Err(bad("target", f))
-        }
-        Target::LayerRatio(f) | Target::GlobalRatio(f) | Target::Macs(f) | Target::Params(f) => f,
-    };
-    if !(0.0..=1.0).contains(&opts.max_layer_ratio) {
-        return Err(bad("--max-layer-ratio", opts.max_layer_ratio));
-    }
+    let frac = opts.check()?;
     let round = opts.round_to.max(1);
     let mut ranked = Vec::new();
     for g in &dg.groups {
@@ -179,9 +190,7 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
             let (m0, p0) = (dg.total_macs as f64, dg.total_params as f64);
             let reached = |c: &[usize]| -> bool {
                 match opts.target {
-                    Target::GlobalRatio(f) => {
-                        c.iter().sum::<usize>() as f64 >= f * total_ch as f64
-                    }
+                    Target::GlobalRatio(f) => c.iter().sum::<usize>() as f64 >= f * total_ch as f64,
                     Target::Macs(f) => evaluate(c).0 <= f * m0 + 0.5,
                     Target::Params(f) => evaluate(c).1 <= f * p0 + 0.5,
                     Target::LayerRatio(_) => unreachable!(),
@@ -369,6 +378,7 @@ pub fn structured(
     calib: Option<&crate::ir::Tensor>,
 ) -> Result<Outcome> {
     use crate::importance::{class_scores, ActStats};
+    opts.select.check()?;
     let steps = opts.steps.max(1);
     let mut current = model.clone();
     let mut plan = Plan {
@@ -396,8 +406,12 @@ pub fn structured(
         // This step's share of the target, relative to the current model.
         let t = step as f64 / steps as f64;
         let target = match opts.select.target {
-            Target::Macs(f) => Target::Macs(((1.0 - (1.0 - f) * t) * m0 / (dg.total_macs as f64).max(1.0)).min(1.0)),
-            Target::Params(f) => Target::Params(((1.0 - (1.0 - f) * t) * p0 / (dg.total_params as f64).max(1.0)).min(1.0)),
+            Target::Macs(f) => Target::Macs(
+                ((1.0 - (1.0 - f) * t) * m0 / (dg.total_macs as f64).max(1.0)).min(1.0),
+            ),
+            Target::Params(f) => Target::Params(
+                ((1.0 - (1.0 - f) * t) * p0 / (dg.total_params as f64).max(1.0)).min(1.0),
+            ),
             Target::LayerRatio(f) => Target::LayerRatio(1.0 - (1.0 - f).powf(1.0 / steps as f64)),
             Target::GlobalRatio(f) => Target::GlobalRatio(1.0 - (1.0 - f).powf(1.0 / steps as f64)),
         };

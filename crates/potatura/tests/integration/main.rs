@@ -3,4 +3,5 @@
 mod common;
 mod inspect;
 mod oracle;
+mod prune;
 mod roundtrip;

@@ -24,7 +24,7 @@ fn to_tract(t: &Tensor) -> tract_onnx::prelude::Tensor {
     }
 }
 
-fn run_tract(path: &Path, feeds: &[(String, Tensor)]) -> Vec<Vec<f32>> {
+pub fn run_tract(path: &Path, feeds: &[(String, Tensor)]) -> Vec<Vec<f32>> {
     let mut model = tract_onnx::onnx().model_for_path(path).unwrap();
     for (i, (_, t)) in feeds.iter().enumerate() {
         let dt = match t.data() {
@@ -52,7 +52,7 @@ fn run_tract(path: &Path, feeds: &[(String, Tensor)]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn feeds_for(entry: &serde_json::Value) -> Vec<(String, Tensor)> {
+pub fn feeds_for(entry: &serde_json::Value) -> Vec<(String, Tensor)> {
     let m = entry["input_npy"]
         .as_object()
         .expect("input_npy in manifest");
