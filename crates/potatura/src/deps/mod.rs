@@ -532,8 +532,7 @@ impl DepGraph {
 
     fn make_groups(&mut self, model: &Model) {
         // Signature: values touched with slot counts, and the frozen reason.
-        let mut by_sig: BTreeMap<Signature, Vec<usize>> =
-            BTreeMap::new();
+        let mut by_sig: BTreeMap<Signature, Vec<usize>> = BTreeMap::new();
         for (ci, c) in self.classes.iter().enumerate() {
             let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
             for &(v, _) in &c.slots {
@@ -635,6 +634,37 @@ impl DepGraph {
             }
         }
         (macs, (self.total_params as f64 - params_saved).max(0.0))
+    }
+
+    /// Estimated latency (same unit as `table`, one entry per graph node,
+    /// measured at full width) if each value kept `kept[v]` channels: a
+    /// node's time scales with the kept fraction of the ports that scale
+    /// its MACs, or else of its output channels (element-wise work).
+    pub fn latency(&self, kept: &[usize], table: &[f64]) -> f64 {
+        let ratio = |v: usize| kept[v] as f64 / self.values[v].n.max(1) as f64;
+        self.nodes
+            .iter()
+            .zip(table)
+            .map(|(nc, &t)| {
+                let scale = match &nc.map {
+                    Some(map) if !map.macs.is_empty() => map
+                        .macs
+                        .iter()
+                        .map(|&p| nc.value(p).map(ratio).unwrap_or(1.0))
+                        .product(),
+                    Some(_) => nc
+                        .outs
+                        .iter()
+                        .chain(&nc.ins)
+                        .flatten()
+                        .next()
+                        .map(|&v| ratio(v))
+                        .unwrap_or(1.0),
+                    None => 1.0,
+                };
+                t * scale
+            })
+            .sum()
     }
 
     /// Kept channel counts per value after removing `removed` classes.

@@ -16,6 +16,8 @@ use crate::ops::{self, Fact, Op};
 /// One planned node.
 #[derive(Debug)]
 struct Step {
+    /// Index of the node in the graph.
+    node: usize,
     label: String,
     op_type: String,
     op: Box<dyn Op>,
@@ -29,6 +31,8 @@ struct Step {
 /// The measured time of one executed node.
 #[derive(Clone, Debug)]
 pub struct StepTime {
+    /// Index of the node in the graph.
+    pub index: usize,
     /// Node label (its name, or its first output).
     pub node: String,
     /// Operator type.
@@ -177,6 +181,7 @@ impl Executor {
                 continue;
             }
             steps.push(Step {
+                node: i,
                 label: n.label(),
                 op_type: n.op_type.clone(),
                 op,
@@ -304,6 +309,7 @@ impl Executor {
             .map(|(st, mut t)| {
                 t.sort();
                 StepTime {
+                    index: st.node,
                     node: st.label.clone(),
                     op_type: st.op_type.clone(),
                     median: t[t.len() / 2],

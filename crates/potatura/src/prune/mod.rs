@@ -23,6 +23,9 @@ pub enum Target {
     Macs(f64),
     /// The pruned model has at most this fraction of the parameters.
     Params(f64),
+    /// The pruned model's estimated latency is at most this fraction of
+    /// the dense model's, by the per-node table in [`Select::latency`].
+    Latency(f64),
 }
 
 /// Constraints on the selection.
@@ -36,6 +39,11 @@ pub struct Select {
     pub max_layer_ratio: f64,
     /// Node-name globs: groups touching a matching node are left alone.
     pub ignore: Vec<String>,
+    /// Measured time of every graph node at full width
+    /// ([`crate::report::latency::node_table`]); required by
+    /// [`Target::Latency`], which then also ranks channels by importance
+    /// per unit of time they cost.
+    pub latency: Option<Vec<f64>>,
 }
 
 impl Select {
@@ -48,13 +56,19 @@ impl Select {
             Target::LayerRatio(f) | Target::GlobalRatio(f) if !(0.0..1.0).contains(&f) => {
                 return Err(bad("pruning ratio", f))
             }
-            Target::Macs(f) | Target::Params(f) if !(f > 0.0 && f <= 1.0) => {
+            Target::Macs(f) | Target::Params(f) | Target::Latency(f) if !(f > 0.0 && f <= 1.0) => {
                 return Err(bad("target", f))
+            }
+            Target::Latency(_) if self.latency.is_none() => {
+                return Err(Error::Usage(
+                    "a latency target needs the per-node latency table".into(),
+                ))
             }
             Target::LayerRatio(f)
             | Target::GlobalRatio(f)
             | Target::Macs(f)
-            | Target::Params(f) => f,
+            | Target::Params(f)
+            | Target::Latency(f) => f,
         };
         if !(0.0..=1.0).contains(&self.max_layer_ratio) {
             return Err(bad("--max-layer-ratio", self.max_layer_ratio));
@@ -117,7 +131,26 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
     }
     let frac = opts.check()?;
     let round = opts.round_to.max(1);
+    let full: Vec<usize> = dg.values.iter().map(|v| v.n).collect();
+    let table = opts
+        .latency
+        .as_deref()
+        .filter(|t| t.len() == dg.nodes.len());
+    let lat0 = table.map(|t| dg.latency(&full, t)).unwrap_or(0.0);
+    // Time saved by one channel of each group (latency targets only).
+    let time_per_channel = |g: &crate::deps::Group| -> f64 {
+        let (Some(t), Some(&c0)) = (table, g.classes.first()) else {
+            return 1.0;
+        };
+        let mut kept = full.clone();
+        for &(v, _) in &dg.classes[c0].slots {
+            kept[v] -= 1;
+        }
+        (lat0 - dg.latency(&kept, t)).max(0.0)
+    };
+    let latency_ranked = matches!(opts.target, Target::Latency(_));
     let mut ranked = Vec::new();
+    let mut costs = Vec::new();
     for g in &dg.groups {
         if g.frozen.is_some() || g.channels < 2 {
             continue;
@@ -138,11 +171,29 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
             .collect();
         let n = g.channels;
         let max_remove = ((n as f64 * opts.max_layer_ratio).floor() as usize).min(n - 1);
+        costs.push(if latency_ranked {
+            time_per_channel(g)
+        } else {
+            1.0
+        });
         ranked.push(Ranked {
             classes,
             norm,
             max_remove,
         });
+    }
+    // Latency targets: importance per unit of time saved, so the cuts go
+    // where the time goes.
+    if latency_ranked && !costs.is_empty() {
+        let mean = costs.iter().sum::<f64>() / costs.len() as f64;
+        for (r, &c) in ranked.iter_mut().zip(&costs) {
+            let rel = if mean > 0.0 {
+                (c / mean).max(1e-3)
+            } else {
+                1.0
+            };
+            r.norm.iter_mut().for_each(|s| *s /= rel);
+        }
     }
     // How many of a group's channels go when `want` are asked for.
     let limit = |r: &Ranked, want: usize| -> usize {
@@ -174,6 +225,18 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
         }
         dg.cost(&kept)
     };
+    let latency_of = |counts: &[usize]| -> f64 {
+        let Some(t) = table else { return 0.0 };
+        let mut kept = full.clone();
+        for (r, &k) in ranked.iter().zip(counts) {
+            for &c in &r.classes[..k] {
+                for &(v, _) in &dg.classes[c].slots {
+                    kept[v] -= 1;
+                }
+            }
+        }
+        dg.latency(&kept, t)
+    };
     let at = |tau: f64| -> Vec<usize> {
         ranked
             .iter()
@@ -185,7 +248,7 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
             .iter()
             .map(|r| limit(r, (r.classes.len() as f64 * f).floor() as usize))
             .collect(),
-        Target::GlobalRatio(_) | Target::Macs(_) | Target::Params(_) => {
+        Target::GlobalRatio(_) | Target::Macs(_) | Target::Params(_) | Target::Latency(_) => {
             let total_ch: usize = ranked.iter().map(|r| r.classes.len()).sum();
             let (m0, p0) = (dg.total_macs as f64, dg.total_params as f64);
             let reached = |c: &[usize]| -> bool {
@@ -193,10 +256,16 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
                     Target::GlobalRatio(f) => c.iter().sum::<usize>() as f64 >= f * total_ch as f64,
                     Target::Macs(f) => evaluate(c).0 <= f * m0 + 0.5,
                     Target::Params(f) => evaluate(c).1 <= f * p0 + 0.5,
+                    Target::Latency(f) => latency_of(c) <= f * lat0,
                     Target::LayerRatio(_) => unreachable!(),
                 }
             };
-            if frac == 1.0 && matches!(opts.target, Target::Macs(_) | Target::Params(_)) {
+            if frac == 1.0
+                && matches!(
+                    opts.target,
+                    Target::Macs(_) | Target::Params(_) | Target::Latency(_)
+                )
+            {
                 vec![0; ranked.len()]
             } else {
                 // Smallest threshold whose removal reaches the target.
@@ -226,6 +295,7 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
     };
     let (macs, params) = evaluate(&counts);
     let short = match opts.target {
+        Target::Latency(f) => latency_of(&counts) > f * lat0,
         Target::Macs(f) => macs > f * dg.total_macs as f64 + 0.5,
         Target::Params(f) => params > f * dg.total_params as f64 + 0.5,
         _ => false,
@@ -414,6 +484,14 @@ pub fn structured(
             ),
             Target::LayerRatio(f) => Target::LayerRatio(1.0 - (1.0 - f).powf(1.0 / steps as f64)),
             Target::GlobalRatio(f) => Target::GlobalRatio(1.0 - (1.0 - f).powf(1.0 / steps as f64)),
+            Target::Latency(f) => {
+                if steps > 1 {
+                    return Err(Error::Usage(
+                        "a latency target is reached in one step (the table is measured on the dense model); drop --steps".into(),
+                    ));
+                }
+                Target::Latency(f)
+            }
         };
         let sel = select(
             &dg,
@@ -453,4 +531,59 @@ pub fn apply_plan(
         current = apply(&current, &dg, &removed, inputs)?;
     }
     Ok(current)
+}
+
+/// Latency as measured by the caller: the whole model's time and the
+/// per-node table ([`crate::report::latency::node_table`]).
+pub type MeasureLatency<'a> = dyn FnMut(&crate::ir::Model) -> Result<(f64, Vec<f64>)> + 'a;
+
+/// Prunes until the *measured* latency is at most `fraction` of the dense
+/// model's: each round estimates with the per-node table of the current
+/// model, prunes, measures, and aims again at what is left, for at most
+/// `rounds` rounds. The plan holds one step per round.
+pub fn to_latency(
+    model: &crate::ir::Model,
+    inputs: &[crate::ir::InputShape],
+    opts: &Options,
+    calib: Option<&crate::ir::Tensor>,
+    fraction: f64,
+    rounds: usize,
+    measure: &mut MeasureLatency<'_>,
+) -> Result<Outcome> {
+    let (dense, mut table) = measure(model)?;
+    let mut current = model.clone();
+    let mut plan = Plan {
+        version: 1,
+        input_shapes: inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.shape.clone()))
+            .collect(),
+        steps: Vec::new(),
+    };
+    let mut now = dense;
+    let mut short = false;
+    for _ in 0..rounds.max(1) {
+        let want = (fraction * dense / now).min(1.0);
+        if want >= 0.99 {
+            break;
+        }
+        let mut o = opts.clone();
+        o.steps = 1;
+        o.select.target = Target::Latency(want);
+        o.select.latency = Some(table.clone());
+        let out = structured(&current, inputs, &o, calib)?;
+        if out.plan.steps.iter().all(|s| s.is_empty()) {
+            short = true;
+            break;
+        }
+        plan.steps.extend(out.plan.steps);
+        current = out.model;
+        (now, table) = measure(&current)?;
+        short = out.short;
+    }
+    Ok(Outcome {
+        model: current,
+        plan,
+        short: short || now > fraction * dense * 1.02,
+    })
 }

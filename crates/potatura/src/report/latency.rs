@@ -111,6 +111,87 @@ pub fn measure(
     })
 }
 
+/// Median time of every graph node in microseconds (0 for nodes folded
+/// into constants), indexed like `model.graph.nodes`: the per-layer table
+/// latency-aware pruning spends its cuts by.
+pub fn node_table(
+    exec: &Executor,
+    n_nodes: usize,
+    shapes: &[InputShape],
+    runs: usize,
+) -> Result<Vec<f64>> {
+    let feeds = synthetic_inputs(shapes)?;
+    let mut t = vec![0.0; n_nodes];
+    for s in exec.profile(feeds, runs)? {
+        if let Some(x) = t.get_mut(s.index) {
+            *x = s.median.as_secs_f64() * 1e6;
+        }
+    }
+    Ok(t)
+}
+
+/// A stable 64-bit FNV-1a hash (cache keys).
+pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The CPU this runs on, for cache keys ("model name" of /proc/cpuinfo,
+/// else the architecture).
+pub fn cpu_id() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// [`node_table`] cached in `dir` per model bytes, input shapes, CPU and
+/// thread count (measuring takes seconds on large models; the table of a
+/// given model on a given machine does not change). A missing or unreadable
+/// cache is measured again; failing to write it is not an error.
+pub fn cached_node_table(
+    exec: &Executor,
+    model_bytes: &[u8],
+    n_nodes: usize,
+    shapes: &[InputShape],
+    dir: Option<&std::path::Path>,
+) -> Result<Vec<f64>> {
+    let mut h = fnv1a(model_bytes, 0xcbf2_9ce4_8422_2325);
+    let key = format!(
+        "{shapes:?}|{}|{}|v1",
+        cpu_id(),
+        rayon::current_num_threads()
+    );
+    h = fnv1a(key.as_bytes(), h);
+    let file = dir.map(|d| d.join(format!("latency-{h:016x}.json")));
+    if let Some(f) = &file {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            if let Ok(t) = serde_json::from_str::<Vec<f64>>(&text) {
+                if t.len() == n_nodes {
+                    return Ok(t);
+                }
+            }
+        }
+    }
+    let t = node_table(exec, n_nodes, shapes, 20)?;
+    if let (Some(f), Some(d)) = (&file, dir) {
+        if std::fs::create_dir_all(d).is_ok() {
+            if let Ok(text) = serde_json::to_string(&t) {
+                let _ = crate::onnx::write_atomic(f, text.as_bytes());
+            }
+        }
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ fn opts(target: Target) -> Options {
             round_to: 1,
             max_layer_ratio: 0.9,
             ignore: Vec::new(),
+            latency: None,
         },
         criterion: Criterion::L2,
         reduce: Reduce::Mean,
@@ -346,4 +347,60 @@ fn the_bundled_example_prunes_and_keeps_its_shapes() {
         let s = potatura::report::summarize(&out.model, &inputs).unwrap();
         assert!(s.macs as f64 <= 0.5 * 36353792.0, "{c:?}: {} MACs", s.macs);
     }
+}
+
+#[test]
+fn latency_targets_spend_cuts_where_time_goes_and_close_the_loop() {
+    let (m, _) = load_family("resnet_mini");
+    let inputs = shapes(&m);
+    // A deterministic stand-in for the measured table: time = MACs + 1000
+    // per node, so the estimate is exact and the loop can be checked.
+    let mut measure = |m: &Model| -> potatura::Result<(f64, Vec<f64>)> {
+        let info = potatura::exec::infer_shapes(m, &inputs)?;
+        let table: Vec<f64> = info.nodes.iter().map(|n| n.macs as f64 + 1000.0).collect();
+        Ok((table.iter().sum(), table))
+    };
+    let mut o = opts(Target::Latency(0.5));
+    o.select.latency = None;
+    let out = prune::to_latency(&m, &inputs, &o, None, 0.5, 4, &mut measure).unwrap();
+    let (dense, _) = measure(&m).unwrap();
+    let (pruned, _) = measure(&out.model).unwrap();
+    assert!(pruned <= 0.5 * dense * 1.02, "{pruned} vs {dense}");
+    assert!(!out.plan.steps.is_empty());
+    // Without a table a latency target is refused.
+    let err = prune::structured(&m, &inputs, &opts(Target::Latency(0.5)), None).unwrap_err();
+    assert!(err.to_string().contains("latency"), "{err}");
+    // Time-weighted ranking: a table that makes one group's time dominate
+    // sends more of the cuts there than MAC ranking does.
+    let dg = DepGraph::build(&m, &inputs).unwrap();
+    let scores =
+        potatura::importance::class_scores(&dg, Criterion::L2, Reduce::Mean, None, 0).unwrap();
+    let hot = dg
+        .groups
+        .iter()
+        .position(|g| g.name == "/layers/layers.0/conv1/Conv")
+        .unwrap();
+    let mut table = vec![1.0; dg.nodes.len()];
+    let conv = m
+        .graph
+        .nodes
+        .iter()
+        .position(|n| n.name == "/layers/layers.0/conv1/Conv")
+        .unwrap();
+    table[conv] = 1000.0;
+    let mut sel = opts(Target::Latency(0.8)).select;
+    sel.latency = Some(table);
+    let s = prune::select(&dg, &scores, &sel).unwrap();
+    // Every cut lands in a group that shrinks the slow conv (its own
+    // filters, or the residual stream it reads), none elsewhere.
+    assert!(!s.removed.is_empty());
+    for &c in &s.removed {
+        let g = &dg.groups[dg.classes[c].group];
+        assert!(
+            g.nodes.iter().any(|n| n == "/layers/layers.0/conv1/Conv"),
+            "cut in {}",
+            g.name
+        );
+    }
+    assert!(s.removed.iter().any(|&c| dg.classes[c].group == hot));
 }
