@@ -116,8 +116,11 @@ struct PruneArgs {
         required_unless_present = "dry_run"
     )]
     output: Option<PathBuf>,
-    /// What to remove: channels (filters, heads, FFN units).
-    #[arg(long, default_value = "channel", value_parser = ["channel"])]
+    /// What to remove: `channel` (filters, channels, heads, FFN units) or
+    /// `block` (whole residual blocks y = x + f(x) become y = x; ranked by
+    /// the output change each removal causes on --calib data, else by a
+    /// weight-magnitude proxy).
+    #[arg(long, default_value = "channel", value_parser = ["channel", "block"])]
     method: String,
     /// Keep at most this fraction of the MACs (e.g. 0.5).
     #[arg(long, value_name = "F", group = "target")]
@@ -333,6 +336,8 @@ struct PruneReport {
     /// Every Conv/Gemm/MatMul with weights: output channels before and after.
     layers: Vec<LayerRow>,
     frozen_groups: Vec<(String, usize, String)>,
+    /// Residual blocks removed (their Add nodes), with --method block.
+    blocks_removed: Vec<String>,
     target_reached: bool,
 }
 
@@ -490,6 +495,9 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         }
         None => {
             let o = match target {
+                _ if a.method == "block" => {
+                    potatura::prune::blocks::depth(&model, &inputs, target, calib.as_ref())
+                }
                 Target::Latency(f) => {
                     pb.set_message("pruning to a measured latency (measure, prune, measure again)");
                     // The dense model's table is cached per machine.
@@ -599,7 +607,15 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     let report = PruneReport {
         model: path.display().to_string(),
         output: out.display().to_string(),
-        importance: a.importance.clone(),
+        importance: if a.method == "block" {
+            if a.calib.is_some() {
+                "block: output change on --calib data".into()
+            } else {
+                "block: weight magnitude".into()
+            }
+        } else {
+            a.importance.clone()
+        },
         before,
         after,
         layers: lb
@@ -620,6 +636,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
                     .map(|f| (g.name.clone(), g.channels, f.clone()))
             })
             .collect(),
+        blocks_removed: plan.blocks.clone(),
         target_reached: !short,
     };
     print_prune_report(&report, a.json)?;
@@ -697,6 +714,13 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
     if !r.target_reached {
         writeln!(out, "note: the target was not reached within the constraints (--max-layer-ratio, --round-to, frozen groups)")?;
     }
+    if !r.blocks_removed.is_empty() {
+        writeln!(
+            out,
+            "residual blocks removed: {}",
+            r.blocks_removed.join(", ")
+        )?;
+    }
     writeln!(out, "channels per layer (changed only):")?;
     for l in r
         .layers
@@ -755,6 +779,21 @@ fn groups(path: &Path, json: bool, all: bool, shapes: &ShapeArgs) -> Result<Exit
             g.params_per_channel,
             g.nodes.join(", ")
         )?;
+    }
+    if let Ok(blocks) = potatura::prune::blocks::find(&model, &inputs) {
+        if !blocks.is_empty() {
+            writeln!(out, "residual blocks removable with --method block:")?;
+            for b in &blocks {
+                writeln!(
+                    out,
+                    "  {:<42}  {:>3} nodes  {:>12} MACs  {:>10} params",
+                    b.add,
+                    b.branch.len(),
+                    b.macs,
+                    b.params
+                )?;
+            }
+        }
     }
     let mut reasons: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for g in &frozen {

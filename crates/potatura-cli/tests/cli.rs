@@ -480,3 +480,37 @@ fn prune_refuses_bad_requests() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn prune_removes_residual_blocks() {
+    let dir = tmp("prune-block");
+    let out = dir.join("t.onnx");
+    let text = stdout(&potatura(&[
+        "prune",
+        p(&fx("transformer_mini.onnx")),
+        "-o",
+        p(&out),
+        "--method",
+        "block",
+        "--target-macs",
+        "0.8",
+        "--latency-seconds",
+        "0",
+    ]));
+    assert!(text.contains("residual blocks removed: /layers."), "{text}");
+    let text = stdout(&potatura(&["groups", p(&fx("resnet_mini.onnx"))]));
+    assert!(text.contains("/layers/layers.0/Add"), "{text}");
+    assert_fails(
+        &potatura(&[
+            "prune",
+            p(&fx("transformer_mini.onnx")),
+            "-o",
+            p(&out),
+            "--method",
+            "block",
+            "--target-latency",
+            "0.5",
+        ]),
+        &["--method block"],
+    );
+}

@@ -283,7 +283,7 @@ pub fn apply(
 
 /// Drops nodes whose outputs nobody reads (the shape arithmetic and
 /// `Identity` aliases a rewrite left behind) and unused initializers.
-fn remove_dead(m: &mut Model) {
+pub(super) fn remove_dead(m: &mut Model) {
     let g = &mut m.graph;
     loop {
         let mut used: HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();

@@ -3,6 +3,7 @@
 //! `--dry-run` and `--plan`), and remove them from the graph ([`apply`]).
 
 mod apply;
+pub mod blocks;
 
 use serde::{Deserialize, Serialize};
 
@@ -329,6 +330,9 @@ pub struct Plan {
     pub version: u32,
     /// Input shapes the analysis used.
     pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// Residual blocks removed first (their `Add` node names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<String>,
     /// Steps, applied in order, each to the result of the previous one.
     pub steps: Vec<Vec<Removal>>,
 }
@@ -457,6 +461,7 @@ pub fn structured(
             .iter()
             .map(|i| (i.name.clone(), i.shape.clone()))
             .collect(),
+        blocks: Vec::new(),
         steps: Vec::new(),
     };
     let first = DepGraph::build(model, inputs)?;
@@ -525,6 +530,10 @@ pub fn apply_plan(
         )));
     }
     let mut current = model.clone();
+    if !plan.blocks.is_empty() {
+        let found = blocks::find(model, inputs)?;
+        current = blocks::remove(model, &found, &plan.blocks)?;
+    }
     for step in &plan.steps {
         let dg = DepGraph::build(&current, inputs)?;
         let removed = resolve(&dg, step)?;
@@ -558,6 +567,7 @@ pub fn to_latency(
             .iter()
             .map(|i| (i.name.clone(), i.shape.clone()))
             .collect(),
+        blocks: Vec::new(),
         steps: Vec::new(),
     };
     let mut now = dense;

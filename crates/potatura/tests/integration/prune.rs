@@ -404,3 +404,95 @@ fn latency_targets_spend_cuts_where_time_goes_and_close_the_loop() {
     }
     assert!(s.removed.iter().any(|&c| dg.classes[c].group == hot));
 }
+
+#[test]
+fn residual_blocks_are_found_and_removed() {
+    let dir = std::env::temp_dir().join(format!("potatura-blocks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, n_blocks) in [
+        ("resnet_mini", 1),
+        ("mobilenetv2_mini", 4),
+        ("yolov8_mini", 6),
+        ("transformer_mini", 4),
+        ("transformer_mini_dynamo", 4),
+    ] {
+        let (m, feeds) = load_family(name);
+        let inputs = shapes(&m);
+        let blocks = prune::blocks::find(&m, &inputs).unwrap();
+        assert_eq!(blocks.len(), n_blocks, "{name}: {blocks:?}");
+        let out = prune::blocks::depth(&m, &inputs, Target::LayerRatio(0.5), None).unwrap();
+        assert_eq!(out.plan.blocks.len(), n_blocks / 2, "{name}");
+        let before = potatura::report::summarize(&m, &inputs).unwrap();
+        let after = potatura::report::summarize(&out.model, &inputs).unwrap();
+        assert!(after.macs < before.macs || n_blocks < 2, "{name}");
+        let path = dir.join(format!("{name}.blocks.onnx"));
+        potatura::onnx::save(&out.model, &path).unwrap();
+        let theirs = run_tract(&path, &feeds);
+        let ours = run(&out.model, &feeds);
+        for ((n, o), t) in ours.iter().zip(&theirs) {
+            assert!(rel_max_err(o.f32s().unwrap(), t) <= 1e-4, "{name}: {n}");
+        }
+        let again = prune::apply_plan(&m, &inputs, &out.plan).unwrap();
+        assert_eq!(
+            again, out.model,
+            "{name}: plan does not reproduce the model"
+        );
+    }
+}
+
+#[test]
+fn a_block_whose_branch_is_zero_goes_first_and_changes_nothing() {
+    let (mut m, feeds) = load_family("mobilenetv2_mini");
+    let inputs = shapes(&m);
+    let blocks = prune::blocks::find(&m, &inputs).unwrap();
+    let target = &blocks[1];
+    // The branch's last node before the Add is a BatchNorm: zero its
+    // scale and shift, so f(x) = 0 and y = x exactly.
+    let add = m
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.label() == target.add)
+        .unwrap()
+        .clone();
+    let branch_out = add
+        .inputs
+        .iter()
+        .find(|i| **i != target.skip)
+        .unwrap()
+        .clone();
+    let bn = m
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.outputs[0] == branch_out)
+        .unwrap()
+        .clone();
+    assert_eq!(bn.op_type, "BatchNormalization");
+    for w in [&bn.inputs[1], &bn.inputs[2]] {
+        let t = m
+            .graph
+            .initializers
+            .iter_mut()
+            .find(|t| &t.name == w)
+            .unwrap();
+        let z = Tensor::from_f32(t.dims().to_vec(), vec![0.0; t.numel()]);
+        t.set(&z).unwrap();
+    }
+    let x = &feeds[0].1;
+    let scores = prune::blocks::scores(&m, &inputs, &blocks, Some(x)).unwrap();
+    assert!(scores[1] < 1e-7, "{scores:?}");
+    assert!(
+        scores.iter().enumerate().all(|(i, &s)| i == 1 || s > 1e-4),
+        "{scores:?}"
+    );
+    let out = prune::blocks::depth(&m, &inputs, Target::LayerRatio(0.25), Some(x)).unwrap();
+    assert_eq!(out.plan.blocks, vec![target.add.clone()]);
+    let (a, b) = (run(&m, &feeds), run(&out.model, &feeds));
+    for ((n, p), (_, q)) in a.iter().zip(&b) {
+        assert!(
+            rel_max_err(q.f32s().unwrap(), p.f32s().unwrap()) <= 1e-6,
+            "{n}"
+        );
+    }
+}
