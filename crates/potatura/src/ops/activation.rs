@@ -271,10 +271,17 @@ const CHUNK: usize = 1 << 13;
 pub fn map_f32(t: &Tensor, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tensor> {
     let x = t.f32s()?;
     let mut v = vec![0.0f32; x.len()];
+    // Compiled with AVX2/FMA where available: exp-based activations
+    // (Sigmoid, SiLU's half, GELU) run twice as wide.
     let body = |o: &mut [f32], i: &[f32]| {
-        for (o, &a) in o.iter_mut().zip(i) {
-            *o = f(a);
-        }
+        super::pool::with_simd(
+            #[inline(always)]
+            || {
+                for (o, &a) in o.iter_mut().zip(i) {
+                    *o = f(a);
+                }
+            },
+        )
     };
     if x.len() >= PAR_THRESHOLD {
         v.par_chunks_mut(CHUNK)
