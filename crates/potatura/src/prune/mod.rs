@@ -123,6 +123,46 @@ struct Ranked {
     classes: Vec<usize>,
     norm: Vec<f64>,
     max_remove: usize,
+    /// Kept class counts are multiples of this.
+    round: usize,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The multiple of classes a group keeps so that every weight dimension it
+/// touches is a multiple of `round` channels: 8 for a conv's filters, 1 for
+/// attention heads of 32 features each.
+fn class_multiple(dg: &DepGraph, g: &crate::deps::Group, round: usize) -> usize {
+    let weight_values: std::collections::HashSet<usize> = dg
+        .nodes
+        .iter()
+        .filter_map(|nc| nc.map.as_ref().map(|m| (nc, m)))
+        .flat_map(|(nc, m)| m.weights.iter().filter_map(|w| nc.value(w.port)))
+        .collect();
+    let mut multiple = 1;
+    let mut any = false;
+    for (name, per_class) in &g.values {
+        let Some(&v) = dg.value_ids.get(name) else {
+            continue;
+        };
+        if !weight_values.contains(&v) {
+            continue;
+        }
+        any = true;
+        let need = round / gcd(round, *per_class);
+        multiple = multiple / gcd(multiple, need) * need;
+    }
+    if any {
+        multiple
+    } else {
+        round
+    }
 }
 
 /// Chooses the classes to remove from `scores` (one per class).
@@ -181,6 +221,7 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
             classes,
             norm,
             max_remove,
+            round: class_multiple(dg, g, round),
         });
     }
     // Latency targets: importance per unit of time saved, so the cuts go
@@ -201,8 +242,8 @@ pub fn select(dg: &DepGraph, scores: &[f64], opts: &Select) -> Result<Selection>
         let n = r.classes.len();
         let k = want.min(r.max_remove);
         let kept = n - k;
-        let kept = if n > round {
-            kept.div_ceil(round) * round
+        let kept = if n > r.round {
+            kept.div_ceil(r.round) * r.round
         } else {
             kept
         };

@@ -77,7 +77,8 @@ fn ratio_zero_is_the_identity() {
 fn every_family_prunes_to_half_the_macs_and_runs_in_tract() {
     let dir = std::env::temp_dir().join(format!("potatura-prune-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for name in FAMILIES {
+    // Plus weights stored as Constant nodes and as fp16 behind Cast.
+    for name in FAMILIES.iter().chain(&["const_weights", "fp16_weights"]) {
         let (m, feeds) = load_family(name);
         let inputs = shapes(&m);
         let before = potatura::report::summarize(&m, &inputs).unwrap();
@@ -495,4 +496,53 @@ fn a_block_whose_branch_is_zero_goes_first_and_changes_nothing() {
             "{n}"
         );
     }
+}
+
+#[test]
+fn rounding_counts_features_not_heads() {
+    // Heads of 8 features each: with --round-to 8 every head count is fine
+    // (the projections keep multiples of 8 features); FFN units round to 8.
+    let (m, _) = load_family("transformer_mini");
+    let inputs = shapes(&m);
+    let mut o = opts(Target::Macs(0.6));
+    o.select.round_to = 8;
+    let out = prune::structured(&m, &inputs, &o, None).unwrap();
+    assert!(!out.short);
+    let dg = DepGraph::build(&out.model, &inputs).unwrap();
+    let live: Vec<(String, usize)> = dg
+        .groups
+        .iter()
+        .filter(|g| g.frozen.is_none())
+        .map(|g| (g.name.clone(), g.channels))
+        .collect();
+    for (name, ch) in &live {
+        if name.contains("fc1") {
+            assert_eq!(ch % 8, 0, "{live:?}");
+        }
+    }
+    assert!(
+        live.iter().any(|(n, ch)| n.contains("attn") && *ch < 4),
+        "no head was pruned: {live:?}"
+    );
+}
+
+#[test]
+fn pruned_weights_keep_their_storage_type() {
+    let (m, _) = load_family("fp16_weights");
+    let count = |m: &Model| {
+        m.graph
+            .initializers
+            .iter()
+            .filter(|t| t.dtype() == DType::F16)
+            .count()
+    };
+    let out = prune::structured(&m, &shapes(&m), &opts(Target::Macs(0.5)), None).unwrap();
+    assert!(count(&m) > 0);
+    assert_eq!(count(&out.model), count(&m));
+    assert!(out
+        .model
+        .graph
+        .initializers
+        .iter()
+        .all(|t| t.dtype() != DType::F32 || t.numel() < 100));
 }
