@@ -12,20 +12,31 @@ use crate::ops::channels::{Port, PruneCx};
 use crate::ops::layout::take;
 use crate::ops::{self, Fact};
 
-/// The view of one node that its op's `prune` gets.
-struct NodeCx<'a> {
-    model: &'a mut Model,
-    node: usize,
-    dg: &'a DepGraph,
-    kept: &'a [Option<Vec<usize>>],
-    /// How many node inputs read each tensor (to know when a constant is shared).
-    readers: &'a HashMap<String, usize>,
-    fixed_outputs: &'a HashSet<String>,
+/// Replaces constant inputs of nodes without corrupting anything shared:
+/// a tensor read by one node is rewritten where it is (through a private
+/// Cast/Identity chain, in its stored type); a shared one gets a copy.
+pub(crate) struct Rewriter<'a> {
+    /// The model being edited.
+    pub model: &'a mut Model,
+    /// How many node inputs read each tensor in the original model.
+    readers: HashMap<String, usize>,
+    graph_outputs: HashSet<String>,
 }
 
-impl NodeCx<'_> {
-    fn value(&self, p: Port) -> Option<usize> {
-        self.dg.nodes[self.node].value(p)
+impl<'a> Rewriter<'a> {
+    pub(crate) fn new(model: &'a mut Model) -> Rewriter<'a> {
+        let mut readers: HashMap<String, usize> = HashMap::new();
+        for n in &model.graph.nodes {
+            for i in n.inputs.iter().filter(|s| !s.is_empty()) {
+                *readers.entry(i.clone()).or_default() += 1;
+            }
+        }
+        let graph_outputs = model.graph.outputs.iter().map(|o| o.name.clone()).collect();
+        Rewriter {
+            model,
+            readers,
+            graph_outputs,
+        }
     }
 
     /// The initializer behind `name` when `name` is that initializer or the
@@ -36,7 +47,7 @@ impl NodeCx<'_> {
         let mut hops = 0;
         loop {
             if self.readers.get(&cur).copied() != Some(1)
-                || self.fixed_outputs.contains(&cur)
+                || self.graph_outputs.contains(&cur)
                 || g.inputs.iter().any(|v| v.name == cur)
             {
                 return None;
@@ -72,27 +83,10 @@ impl NodeCx<'_> {
         }
         name
     }
-}
 
-impl PruneCx for NodeCx<'_> {
-    fn kept(&self, port: Port) -> Option<&[usize]> {
-        self.value(port).and_then(|v| self.kept[v].as_deref())
-    }
-    fn axis(&self, port: Port) -> Option<usize> {
-        self.value(port).map(|v| self.dg.values[v].axis)
-    }
-    fn channels(&self, port: Port) -> Option<usize> {
-        self.value(port).map(|v| self.dg.values[v].n)
-    }
-    fn input_fact(&self, i: usize) -> Option<&Fact> {
-        let name = self.model.graph.nodes[self.node].inputs.get(i)?;
-        self.dg.shapes.facts.get(name)
-    }
-    fn is_weight(&self, i: usize) -> bool {
-        self.input_fact(i).is_some_and(|f| f.value.is_some())
-    }
-    fn set_input(&mut self, i: usize, t: Tensor) -> Result<()> {
-        let name = self.model.graph.nodes[self.node]
+    /// Gives input `i` of node `node` the constant value `t`.
+    pub(crate) fn set_input(&mut self, node: usize, i: usize, t: Tensor) -> Result<()> {
+        let name = self.model.graph.nodes[node]
             .inputs
             .get(i)
             .cloned()
@@ -132,10 +126,10 @@ impl PruneCx for NodeCx<'_> {
             }
         }
         let g = &self.model.graph;
-        let label = g.nodes[self.node].label();
+        let label = g.nodes[node].label();
         let own_initializer = !name.is_empty()
             && self.readers.get(&name).copied() == Some(1)
-            && !self.fixed_outputs.contains(&name)
+            && !self.graph_outputs.contains(&name)
             && !g.inputs.iter().any(|v| v.name == name);
         if own_initializer {
             if let Some(init) = self
@@ -158,22 +152,58 @@ impl PruneCx for NodeCx<'_> {
             .graph
             .initializers
             .push(ConstTensor::from_tensor(&new, &t)?);
-        let inputs = &mut self.model.graph.nodes[self.node].inputs;
+        let inputs = &mut self.model.graph.nodes[node].inputs;
         if inputs.len() <= i {
             inputs.resize(i + 1, String::new());
         }
         inputs[i] = new;
         Ok(())
     }
+}
+
+/// The view of one node that its op's `prune` gets.
+struct NodeCx<'a, 'm> {
+    rw: &'a mut Rewriter<'m>,
+    node: usize,
+    dg: &'a DepGraph,
+    kept: &'a [Option<Vec<usize>>],
+}
+
+impl NodeCx<'_, '_> {
+    fn value(&self, p: Port) -> Option<usize> {
+        self.dg.nodes[self.node].value(p)
+    }
+}
+
+impl PruneCx for NodeCx<'_, '_> {
+    fn kept(&self, port: Port) -> Option<&[usize]> {
+        self.value(port).and_then(|v| self.kept[v].as_deref())
+    }
+    fn axis(&self, port: Port) -> Option<usize> {
+        self.value(port).map(|v| self.dg.values[v].axis)
+    }
+    fn channels(&self, port: Port) -> Option<usize> {
+        self.value(port).map(|v| self.dg.values[v].n)
+    }
+    fn input_fact(&self, i: usize) -> Option<&Fact> {
+        let name = self.rw.model.graph.nodes[self.node].inputs.get(i)?;
+        self.dg.shapes.facts.get(name)
+    }
+    fn is_weight(&self, i: usize) -> bool {
+        self.input_fact(i).is_some_and(|f| f.value.is_some())
+    }
+    fn set_input(&mut self, i: usize, t: Tensor) -> Result<()> {
+        self.rw.set_input(self.node, i, t)
+    }
     fn set_attr(&mut self, a: Attribute) {
-        let attrs = &mut self.model.graph.nodes[self.node].attrs;
+        let attrs = &mut self.rw.model.graph.nodes[self.node].attrs;
         match attrs.iter_mut().find(|x| x.name == a.name) {
             Some(x) => *x = a,
             None => attrs.push(a),
         }
     }
     fn remove_attr(&mut self, name: &str) {
-        self.model.graph.nodes[self.node]
+        self.rw.model.graph.nodes[self.node]
             .attrs
             .retain(|a| a.name != name);
     }
@@ -221,15 +251,8 @@ pub fn apply(
             )));
         }
     }
-    let mut readers: HashMap<String, usize> = HashMap::new();
-    for n in &model.graph.nodes {
-        for i in n.inputs.iter().filter(|s| !s.is_empty()) {
-            *readers.entry(i.clone()).or_default() += 1;
-        }
-    }
-    let graph_outputs: HashSet<String> =
-        model.graph.outputs.iter().map(|o| o.name.clone()).collect();
     let opset = model.opset();
+    let mut rw = Rewriter::new(&mut out);
     for (i, nc) in dg.nodes.iter().enumerate() {
         let Some(map) = &nc.map else { continue };
         let touched = nc
@@ -247,12 +270,10 @@ pub fn apply(
             per_input.entry(w.input).or_default().push((w.axis, w.port));
         }
         let mut cx = NodeCx {
-            model: &mut out,
+            rw: &mut rw,
             node: i,
             dg,
             kept: &kept,
-            readers: &readers,
-            fixed_outputs: &graph_outputs,
         };
         for (input, axes) in per_input {
             let Some(t) = nc.const_value(&dg.shapes, input) else {
