@@ -116,12 +116,45 @@ struct PruneArgs {
         required_unless_present = "dry_run"
     )]
     output: Option<PathBuf>,
-    /// What to remove: `channel` (filters, channels, heads, FFN units) or
-    /// `block` (whole residual blocks y = x + f(x) become y = x; ranked by
-    /// the output change each removal causes on --calib data, else by a
-    /// weight-magnitude proxy).
-    #[arg(long, default_value = "channel", value_parser = ["channel", "block"])]
+    /// What to remove. Structured (a smaller dense model): `channel`
+    /// (filters, channels, heads, FFN units) or `block` (whole residual
+    /// blocks y = x + f(x) become y = x, ranked by the output change each
+    /// removal causes on --calib data, else a weight-magnitude proxy).
+    /// Unstructured (exact zeros, same shapes; with --sparsity or
+    /// --pattern N:M): `magnitude`, `wanda` (needs --calib), `random`.
+    #[arg(long, default_value = "channel", value_parser = ["channel", "block", "magnitude", "wanda", "random"])]
     method: String,
+    /// Unstructured methods: the fraction of weights to zero.
+    #[arg(long, value_name = "F", group = "target")]
+    sparsity: Option<f64>,
+    /// Unstructured methods: `unstructured` or `N:M` (at most N non-zeros in
+    /// every M consecutive input channels, e.g. 2:4).
+    #[arg(long, default_value = "unstructured", value_name = "PATTERN")]
+    pattern: String,
+    /// Unstructured methods: zero whole blocks of RxC (rows x input
+    /// channels), e.g. 1x4 or 4x1.
+    #[arg(long, value_name = "RxC")]
+    block: Option<String>,
+    /// Unstructured methods: how the sparsity is spread over layers.
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "global", "erk", "owl"])]
+    allocation: String,
+    /// Unstructured methods: compare scores within each output `row` or
+    /// the whole `layer` (default: row for wanda, layer otherwise).
+    #[arg(long, value_parser = ["row", "layer"])]
+    granularity: Option<String>,
+    /// Unstructured methods: per-layer sparsity 'GLOB=F' (repeatable).
+    #[arg(long, value_name = "GLOB=F")]
+    layer_sparsity: Vec<String>,
+    /// Unstructured methods: keep the first weight layer dense.
+    #[arg(long)]
+    skip_first: bool,
+    /// Unstructured methods: keep the last weight layer dense.
+    #[arg(long)]
+    skip_last: bool,
+    /// Unstructured methods: rows with fewer inputs stay dense (protects
+    /// tiny, sensitive layers such as a 1-channel first conv).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    min_inputs: usize,
     /// Keep at most this fraction of the MACs (e.g. 0.5).
     #[arg(long, value_name = "F", group = "target")]
     target_macs: Option<f64>,
@@ -313,6 +346,8 @@ struct Measured {
     params: u64,
     macs: u64,
     file_bytes: Option<u64>,
+    /// Size of the file gzip-compressed (zeros compress).
+    gzip_bytes: Option<u64>,
     latency_ms: Option<f64>,
     accuracy: Option<f64>,
     agreement: Option<f64>,
@@ -338,6 +373,10 @@ struct PruneReport {
     frozen_groups: Vec<(String, usize, String)>,
     /// Residual blocks removed (their Add nodes), with --method block.
     blocks_removed: Vec<String>,
+    /// Unstructured methods: zeros over all weight-layer weights.
+    sparsity: Option<f64>,
+    /// Unstructured methods: per layer.
+    sparse_layers: Vec<potatura::prune::unstructured::LayerSparsity>,
     target_reached: bool,
 }
 
@@ -412,6 +451,9 @@ fn measure(
             file_bytes: file
                 .and_then(|f| std::fs::metadata(f).ok())
                 .map(|m| m.len()),
+            gzip_bytes: file
+                .and_then(|f| std::fs::read(f).ok())
+                .map(|b| potatura::report::gzip_len(&b)),
             latency_ms,
             accuracy,
             agreement,
@@ -429,6 +471,66 @@ fn stage(msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// Options of the unstructured methods from the flags.
+fn sparse_options(a: &PruneArgs) -> Result<potatura::prune::unstructured::SparseOptions> {
+    use potatura::prune::unstructured::{Allocation, Method, Pattern, SparseOptions};
+    let method: Method = serde_json::from_str(&format!("\"{}\"", a.method))?;
+    let allocation: Allocation = serde_json::from_str(&format!("\"{}\"", a.allocation))?;
+    let pair = |s: &str, sep: char, what: &str| -> Result<(usize, usize)> {
+        let bad = || anyhow::anyhow!("{what} '{s}': expected two positive integers like 2{sep}4");
+        let (x, y) = s.split_once(sep).ok_or_else(bad)?;
+        let (x, y): (usize, usize) = (
+            x.trim().parse().map_err(|_| bad())?,
+            y.trim().parse().map_err(|_| bad())?,
+        );
+        if x == 0 || y == 0 {
+            return Err(bad());
+        }
+        Ok((x, y))
+    };
+    let pattern = match (a.pattern.as_str(), &a.block) {
+        ("unstructured", None) => Pattern::Unstructured,
+        ("unstructured", Some(b)) => {
+            let (rows, cols) = pair(&b.to_lowercase(), 'x', "--block")?;
+            Pattern::Block { rows, cols }
+        }
+        (p, None) => {
+            let (n, m) = pair(p, ':', "--pattern")?;
+            Pattern::NM { n, m }
+        }
+        (_, Some(_)) => bail!("--pattern N:M and --block are alternatives; give one"),
+    };
+    let overrides = a
+        .layer_sparsity
+        .iter()
+        .map(|s| {
+            let (g, f) = s
+                .rsplit_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--layer-sparsity '{s}': expected GLOB=F"))?;
+            let f: f64 = f.parse().map_err(|_| {
+                anyhow::anyhow!("--layer-sparsity '{s}': expected GLOB=F with F a fraction")
+            })?;
+            Ok((g.to_string(), f))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SparseOptions {
+        method,
+        pattern,
+        sparsity: a.sparsity.unwrap_or(0.0),
+        allocation,
+        per_row: match a.granularity.as_deref() {
+            Some(g) => g == "row",
+            None => method == Method::Wanda,
+        },
+        overrides,
+        skip_first: a.skip_first,
+        skip_last: a.skip_last,
+        min_inputs: a.min_inputs,
+        seed: a.seed,
+        calib_batch: 32,
+    })
+}
+
 fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     use potatura::importance::{Criterion, Reduce};
     use potatura::prune::{Select, Target};
@@ -438,7 +540,28 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     let parse = |s: &str| -> Result<Criterion> { Ok(serde_json::from_str(&format!("\"{s}\""))?) };
     let criterion = parse(&a.importance)?;
     let reduce: Reduce = serde_json::from_str(&format!("\"{}\"", a.reduce))?;
+    let unstructured = matches!(a.method.as_str(), "magnitude" | "wanda" | "random");
+    let nm = a.pattern != "unstructured";
+    if unstructured {
+        if a.plan.is_some() || a.dry_run {
+            bail!("--plan and --dry-run apply to structured methods (channel, block); unstructured pruning writes the model");
+        }
+        if a.target_macs.is_some()
+            || a.target_latency.is_some()
+            || a.target_params.is_some()
+            || a.ratio.is_some()
+            || a.global_ratio.is_some()
+        {
+            bail!("--method {} zeroes weights without changing shapes: give --sparsity F or --pattern N:M", a.method);
+        }
+        if a.sparsity.is_none() && !nm {
+            bail!("say how sparse: --sparsity F (e.g. 0.5) or --pattern N:M (e.g. 2:4)");
+        }
+    } else if a.sparsity.is_some() || nm || a.block.is_some() {
+        bail!("--sparsity, --pattern and --block go with --method magnitude, wanda or random");
+    }
     let target = match (a.target_macs, a.target_params, a.ratio, a.global_ratio) {
+        _ if unstructured => Target::Macs(1.0),
         _ if a.target_latency.is_some() => Target::Latency(a.target_latency.unwrap_or(1.0)),
         (Some(f), ..) => Target::Macs(f),
         (_, Some(f), ..) => Target::Params(f),
@@ -484,7 +607,27 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     };
     let ctx = || format!("{}", path.display());
     let pb = stage("analysing channel dependencies and pruning");
+    let mut sparse = None;
     let (pruned, plan, short) = match &a.plan {
+        _ if unstructured => {
+            pb.set_message("scoring and zeroing weights");
+            let o = potatura::prune::unstructured::sparsify(
+                &model,
+                &inputs,
+                &sparse_options(a)?,
+                calib.as_ref(),
+            )
+            .with_context(ctx)?;
+            let m = o.model.clone();
+            sparse = Some(o);
+            let plan = potatura::prune::Plan {
+                version: 1,
+                input_shapes: Vec::new(),
+                blocks: Vec::new(),
+                steps: Vec::new(),
+            };
+            (m, plan, false)
+        }
         Some(pp) => {
             let text =
                 std::fs::read_to_string(pp).with_context(|| format!("reading {}", pp.display()))?;
@@ -607,7 +750,9 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     let report = PruneReport {
         model: path.display().to_string(),
         output: out.display().to_string(),
-        importance: if a.method == "block" {
+        importance: if unstructured {
+            format!("{} (unstructured)", a.method)
+        } else if a.method == "block" {
             if a.calib.is_some() {
                 "block: output change on --calib data".into()
             } else {
@@ -637,6 +782,8 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             })
             .collect(),
         blocks_removed: plan.blocks.clone(),
+        sparsity: sparse.as_ref().map(|o| o.total_sparsity),
+        sparse_layers: sparse.map(|o| o.layers).unwrap_or_default(),
         target_reached: !short,
     };
     print_prune_report(&report, a.json)?;
@@ -678,6 +825,16 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
         a.macs,
         ratio(a.macs as f64, b.macs as f64)
     )?;
+    if let (Some(x), Some(y)) = (b.gzip_bytes, a.gzip_bytes) {
+        writeln!(
+            out,
+            "{:<14} {:>14} {:>14} {:>9.3}",
+            "gzip bytes",
+            x,
+            y,
+            ratio(y as f64, x as f64)
+        )?;
+    }
     if let (Some(x), Some(y)) = (b.file_bytes, a.file_bytes) {
         writeln!(
             out,
@@ -714,6 +871,25 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
     if !r.target_reached {
         writeln!(out, "note: the target was not reached within the constraints (--max-layer-ratio, --round-to, frozen groups)")?;
     }
+    if let Some(sp) = r.sparsity {
+        writeln!(out, "sparsity of the weight layers: {:.2}%", sp * 100.0)?;
+        for l in &r.sparse_layers {
+            match &l.dense_reason {
+                Some(why) => writeln!(
+                    out,
+                    "  {:<48} {:>9} weights   dense: {why}",
+                    l.node, l.weights
+                )?,
+                None => writeln!(
+                    out,
+                    "  {:<48} {:>9} weights {:>6.2}%",
+                    l.node,
+                    l.weights,
+                    l.sparsity * 100.0
+                )?,
+            }
+        }
+    }
     if !r.blocks_removed.is_empty() {
         writeln!(
             out,
@@ -733,7 +909,7 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
             l.node, l.channels_before, l.channels_after
         )?;
     }
-    if !r.frozen_groups.is_empty() {
+    if !r.frozen_groups.is_empty() && r.sparsity.is_none() {
         writeln!(
             out,
             "frozen (not pruned): {} group(s); `potatura groups` lists them",

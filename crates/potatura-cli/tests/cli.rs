@@ -514,3 +514,75 @@ fn prune_removes_residual_blocks() {
         &["--method block"],
     );
 }
+
+#[test]
+fn prune_zeroes_weights_with_unstructured_methods() {
+    let dir = tmp("sparse");
+    let m = example("mnist_cnn.onnx");
+    let out = dir.join("s.onnx");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&[
+        "prune",
+        p(&m),
+        "-o",
+        p(&out),
+        "--method",
+        "wanda",
+        "--pattern",
+        "2:4",
+        "--calib",
+        p(&example("train-images-2k-idx3-ubyte.gz")),
+        "--eval-data",
+        p(&example("t10k-images-5k-idx3-ubyte.gz")),
+        "--latency-seconds",
+        "0",
+        "--json",
+    ])))
+    .unwrap();
+    let (b, a) = (&json["before"], &json["after"]);
+    assert_eq!(a["params"], b["params"]);
+    assert!(a["gzip_bytes"].as_u64().unwrap() < b["gzip_bytes"].as_u64().unwrap());
+    assert!(json["sparsity"].as_f64().unwrap() > 0.45);
+    let layers = json["sparse_layers"].as_array().unwrap();
+    assert!(layers[0]["dense_reason"]
+        .as_str()
+        .unwrap()
+        .contains("inputs per output"));
+    assert!(a["agreement"].as_f64().unwrap() > 0.3);
+    let text = stdout(&potatura(&[
+        "prune",
+        p(&m),
+        "-o",
+        p(&out),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--block",
+        "1x4",
+        "--latency-seconds",
+        "0",
+    ]));
+    assert!(text.contains("sparsity of the weight layers"), "{text}");
+    for (args, needle) in [
+        (vec!["--method", "wanda", "--sparsity", "0.5"], "--calib"),
+        (vec!["--method", "magnitude"], "--sparsity"),
+        (
+            vec!["--method", "magnitude", "--target-macs", "0.5"],
+            "--sparsity",
+        ),
+        (vec!["--method", "magnitude", "--pattern", "4:2"], "N < M"),
+        (
+            vec!["--method", "magnitude", "--pattern", "two:four"],
+            "--pattern",
+        ),
+        (vec!["--sparsity", "0.5"], "--method magnitude"),
+        (
+            vec!["--method", "magnitude", "--sparsity", "0.5", "--dry-run"],
+            "structured",
+        ),
+    ] {
+        let mut full = vec!["prune", p(&m), "-o", p(&out)];
+        full.extend(args);
+        assert_fails(&potatura(&full), &[needle]);
+    }
+}

@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod blocks;
+pub mod unstructured;
 
 use serde::{Deserialize, Serialize};
 

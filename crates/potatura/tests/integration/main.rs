@@ -5,3 +5,4 @@ mod inspect;
 mod oracle;
 mod prune;
 mod roundtrip;
+mod sparse;

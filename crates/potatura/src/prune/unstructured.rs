@@ -1,0 +1,685 @@
+//! Unstructured and semi-structured (N:M, blocks) sparsity: weights of
+//! Conv, ConvTranspose, Gemm and MatMul-with-a-constant-weight become exact
+//! zeros; shapes do not change.
+//!
+//! Every weight is seen as a matrix of output rows by inputs, an input
+//! being (input channel, kernel position): a Conv weight `[M, C/g, kh, kw]`
+//! has `M` rows of `C/g * kh * kw` inputs. N:M groups take `M` consecutive
+//! input channels at the same kernel position (the order NVIDIA's sparse
+//! tensor cores and TensorRT use); blocks `RxC` take `R` consecutive rows
+//! by `C` consecutive input channels.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::apply::Rewriter;
+use crate::error::{Error, Result};
+use crate::exec::{infer_shapes, Executor};
+use crate::importance::SplitRng;
+use crate::ir::{InputShape, Model, Tensor};
+
+/// How weights are scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// |w|.
+    Magnitude,
+    /// |w| x the L2 norm of its input over the calibration data (Wanda).
+    Wanda,
+    /// Uniform random scores (seeded): the baseline.
+    Random,
+}
+
+/// Which weights may be zeroed together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pattern {
+    /// Any weight.
+    Unstructured,
+    /// At most `n` non-zeros in every `m` consecutive input channels.
+    NM {
+        /// Kept per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+    },
+    /// Whole blocks of `rows` output rows by `cols` input channels.
+    Block {
+        /// Rows per block.
+        rows: usize,
+        /// Input channels per block.
+        cols: usize,
+    },
+}
+
+/// How the overall sparsity is spread over layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocation {
+    /// Every layer gets the same sparsity.
+    Uniform,
+    /// One score threshold across all layers.
+    Global,
+    /// Erdős–Rényi-Kernel: density proportional to the sum of a layer's
+    /// dimensions over their product (large layers get sparser).
+    Erk,
+    /// Outlier-weighted layerwise (OWL): layers with more outlier scores
+    /// (more than 5x their mean) keep more weights, within ±0.08.
+    Owl,
+}
+
+/// Options of [`sparsify`].
+#[derive(Clone, Debug)]
+pub struct SparseOptions {
+    /// Scores.
+    pub method: Method,
+    /// Pattern.
+    pub pattern: Pattern,
+    /// Overall sparsity (fraction of zeros) for unstructured and blocks.
+    pub sparsity: f64,
+    /// Spread over layers.
+    pub allocation: Allocation,
+    /// Compare scores within each output row (true) or the whole layer.
+    pub per_row: bool,
+    /// (node-name glob, sparsity) overrides, applied after the allocation.
+    pub overrides: Vec<(String, f64)>,
+    /// Keep the first weight layer dense.
+    pub skip_first: bool,
+    /// Keep the last weight layer dense.
+    pub skip_last: bool,
+    /// Rows with fewer inputs than this stay dense (a 1-channel first conv
+    /// has 9; losing half of them costs more than it saves).
+    pub min_inputs: usize,
+    /// Seed for [`Method::Random`].
+    pub seed: u64,
+    /// Batch size for calibration runs.
+    pub calib_batch: usize,
+}
+
+/// A weight seen as rows x (input channels x kernel positions).
+#[derive(Clone, Debug)]
+struct View {
+    rows: usize,
+    /// Input channels per group.
+    cin: usize,
+    /// Kernel positions.
+    kpos: usize,
+    /// Row layout.
+    kind: Kind,
+    /// Groups (convs).
+    group: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// `[rows, cin, kpos]` (Conv, Gemm with transB).
+    RowMajor,
+    /// `[cin, rows]` (MatMul, Gemm without transB).
+    ColMajor,
+    /// ConvTranspose `[C, M/g, kpos]`.
+    Transposed,
+}
+
+impl View {
+    fn index(&self, r: usize, c: usize, p: usize) -> usize {
+        match self.kind {
+            Kind::RowMajor => (r * self.cin + c) * self.kpos + p,
+            Kind::ColMajor => c * self.rows + r,
+            Kind::Transposed => {
+                let mg = self.rows / self.group;
+                let (gi, m) = (r / mg, r % mg);
+                ((gi * self.cin + c) * mg + m) * self.kpos + p
+            }
+        }
+    }
+    fn inputs(&self) -> usize {
+        self.cin * self.kpos
+    }
+    /// Input channel of the layer's input tensor read by row `r`, channel `c`.
+    fn channel(&self, r: usize, c: usize) -> usize {
+        let per = self.rows / self.group.max(1);
+        (r / per.max(1)) * self.cin + c
+    }
+}
+
+/// One layer's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerSparsity {
+    /// Node label.
+    pub node: String,
+    /// Op type.
+    pub op: String,
+    /// Weights in the layer.
+    pub weights: usize,
+    /// Zeros after pruning (fraction).
+    pub sparsity: f64,
+    /// Why the layer was left dense, if it was.
+    pub dense_reason: Option<String>,
+}
+
+/// The result of [`sparsify`].
+#[derive(Clone, Debug)]
+pub struct SparseOutcome {
+    /// The model with exact zeros.
+    pub model: Model,
+    /// Per weight layer.
+    pub layers: Vec<LayerSparsity>,
+    /// Zeros over all weight-layer weights.
+    pub total_sparsity: f64,
+}
+
+struct Layer {
+    node: usize,
+    label: String,
+    op: String,
+    view: View,
+    w: Tensor,
+    /// Name of the tensor feeding the layer's data input.
+    input: String,
+}
+
+fn layers(model: &Model, inputs: &[InputShape]) -> Result<Vec<Layer>> {
+    let info = infer_shapes(model, inputs)?;
+    let order = model.graph.topo_order()?;
+    let mut out = Vec::new();
+    for i in order {
+        let n = &model.graph.nodes[i];
+        if !n.is_onnx_domain() {
+            continue;
+        }
+        let fact = |k: usize| n.inputs.get(k).and_then(|s| info.facts.get(s));
+        let (Some(x), Some(w)) = (fact(0), fact(1)) else {
+            continue;
+        };
+        let Some(wv) = w.value.as_ref() else { continue };
+        if x.value.is_some() || !w.dtype.is_float() || wv.f32s().is_err() {
+            continue;
+        }
+        let sh = &w.shape;
+        let group = n.attr_int("group", 1).unwrap_or(1).max(1) as usize;
+        let kpos = |s: &[usize]| s.iter().skip(2).product::<usize>();
+        let view = match n.op_type.as_str() {
+            "Conv" if sh.len() >= 3 => View {
+                rows: sh[0],
+                cin: sh[1],
+                kpos: kpos(sh),
+                kind: Kind::RowMajor,
+                group,
+            },
+            "ConvTranspose" if sh.len() >= 3 => View {
+                rows: sh[1] * group,
+                cin: sh[0] / group,
+                kpos: kpos(sh),
+                kind: Kind::Transposed,
+                group,
+            },
+            "Gemm" if sh.len() == 2 => {
+                if n.attr_int("transA", 0).unwrap_or(0) != 0 {
+                    continue;
+                }
+                if n.attr_int("transB", 0).unwrap_or(0) != 0 {
+                    View {
+                        rows: sh[0],
+                        cin: sh[1],
+                        kpos: 1,
+                        kind: Kind::RowMajor,
+                        group: 1,
+                    }
+                } else {
+                    View {
+                        rows: sh[1],
+                        cin: sh[0],
+                        kpos: 1,
+                        kind: Kind::ColMajor,
+                        group: 1,
+                    }
+                }
+            }
+            "MatMul" if sh.len() == 2 => View {
+                rows: sh[1],
+                cin: sh[0],
+                kpos: 1,
+                kind: Kind::ColMajor,
+                group: 1,
+            },
+            _ => continue,
+        };
+        out.push(Layer {
+            node: i,
+            label: n.label(),
+            op: n.op_type.clone(),
+            view,
+            w: (**wv).clone(),
+            input: n.inputs[0].clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Per input channel, the L2 norm of each layer's input over `data`
+/// (channels on axis 1 for convs, the last axis for matrix products).
+fn input_norms(
+    model: &Model,
+    layers: &[Layer],
+    data: &Tensor,
+    batch: usize,
+) -> Result<HashMap<String, Vec<f64>>> {
+    let exec = Executor::new(model)?;
+    let spec = exec
+        .inputs()
+        .first()
+        .ok_or_else(|| Error::Usage("the model has no inputs".into()))?
+        .clone();
+    if exec.inputs().len() != 1 {
+        return Err(Error::Usage(format!(
+            "calibration data feeds one input but the model has {}",
+            exec.inputs().len()
+        )));
+    }
+    let wanted: HashMap<&str, bool> = layers
+        .iter()
+        .map(|l| (l.input.as_str(), l.op.starts_with("Conv")))
+        .collect();
+    let mut sums: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut add = |name: &str, t: &Tensor| {
+        let Some(&conv) = wanted.get(name) else {
+            return;
+        };
+        let Ok(x) = t.f32s() else { return };
+        let sh = t.shape();
+        if sh.is_empty() {
+            return;
+        }
+        let (ax, c) = if conv && sh.len() >= 2 {
+            (1, sh[1])
+        } else {
+            (sh.len() - 1, sh[sh.len() - 1])
+        };
+        let inner: usize = sh[ax + 1..].iter().product();
+        let e = sums.entry(name.to_string()).or_insert_with(|| vec![0.0; c]);
+        if e.len() != c {
+            return;
+        }
+        for (j, row) in x.chunks(inner.max(1)).enumerate() {
+            e[j % c] += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        }
+    };
+    for b in crate::eval::batches(data, batch.max(1))? {
+        add(&spec.name, &b);
+        exec.run_observed(vec![(spec.name.clone(), b)], &mut |n, t| add(n, t))?;
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(f64::sqrt).collect()))
+        .collect())
+}
+
+fn glob(p: &str, n: &str) -> bool {
+    super::glob_match(p, n)
+}
+
+/// Zeroes weights of every Conv/ConvTranspose/Gemm/MatMul layer.
+pub fn sparsify(
+    model: &Model,
+    inputs: &[InputShape],
+    opts: &SparseOptions,
+    calib: Option<&Tensor>,
+) -> Result<SparseOutcome> {
+    if !(0.0..1.0).contains(&opts.sparsity) {
+        return Err(Error::Usage(format!(
+            "sparsity {}: expected a fraction between 0 and 1",
+            opts.sparsity
+        )));
+    }
+    for (p, f) in &opts.overrides {
+        if !(0.0..1.0).contains(f) {
+            return Err(Error::Usage(format!(
+                "--layer-sparsity '{p}={f}': expected a fraction between 0 and 1"
+            )));
+        }
+    }
+    match opts.pattern {
+        Pattern::NM { n, m } if m == 0 || n >= m => {
+            return Err(Error::Usage(format!(
+                "pattern {n}:{m}: expected N < M, e.g. 2:4"
+            )))
+        }
+        Pattern::Block { rows, cols } if rows == 0 || cols == 0 => {
+            return Err(Error::Usage(
+                "block sizes must be positive, e.g. 1x4".into(),
+            ))
+        }
+        _ => {}
+    }
+    let needs_data = opts.method == Method::Wanda || opts.allocation == Allocation::Owl;
+    if needs_data && calib.is_none() {
+        return Err(Error::Usage(
+            "wanda and the owl allocation need calibration data: give --calib FILE (.npy or MNIST IDX)".into(),
+        ));
+    }
+    let ls = layers(model, inputs)?;
+    let norms = match calib {
+        Some(d) if needs_data => input_norms(model, &ls, d, opts.calib_batch)?,
+        _ => HashMap::new(),
+    };
+    // Scores per layer (same layout as the weight).
+    let mut rng = SplitRng::new(opts.seed);
+    let scores: Vec<Vec<f64>> = ls
+        .iter()
+        .map(|l| {
+            let w = l.w.f32s().expect("float weights");
+            match opts.method {
+                Method::Magnitude => w.iter().map(|v| v.abs() as f64).collect(),
+                Method::Random => w.iter().map(|_| rng.next_f64()).collect(),
+                Method::Wanda => {
+                    let nx = norms.get(&l.input);
+                    let mut s = vec![0.0; w.len()];
+                    let v = &l.view;
+                    for r in 0..v.rows {
+                        for c in 0..v.cin {
+                            let x = nx
+                                .and_then(|n| n.get(v.channel(r, c)))
+                                .copied()
+                                .unwrap_or(1.0);
+                            for p in 0..v.kpos {
+                                let i = v.index(r, c, p);
+                                s[i] = w[i].abs() as f64 * x;
+                            }
+                        }
+                    }
+                    s
+                }
+            }
+        })
+        .collect();
+    // Which layers stay dense, and why.
+    let n_layers = ls.len();
+    let dense: Vec<Option<String>> = ls
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if opts.skip_first && i == 0 {
+                return Some("first layer (--skip-first)".into());
+            }
+            if opts.skip_last && i + 1 == n_layers {
+                return Some("last layer (--skip-last)".into());
+            }
+            if l.view.inputs() < opts.min_inputs {
+                return Some(format!(
+                    "{} inputs per output, fewer than --min-inputs {}",
+                    l.view.inputs(),
+                    opts.min_inputs
+                ));
+            }
+            match opts.pattern {
+                Pattern::NM { m, .. } if l.view.cin % m != 0 => Some(format!(
+                    "{} input channels per group is not a multiple of {m}",
+                    l.view.cin
+                )),
+                Pattern::Block { rows, cols }
+                    if l.view.rows % rows != 0 || l.view.cin % cols != 0 =>
+                {
+                    Some(format!(
+                        "{} rows x {} input channels do not divide into {rows}x{cols} blocks",
+                        l.view.rows, l.view.cin
+                    ))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    // Per-layer sparsity.
+    let target = match opts.pattern {
+        Pattern::NM { n, m } => 1.0 - n as f64 / m as f64,
+        _ => opts.sparsity,
+    };
+    let sizes: Vec<f64> = ls.iter().map(|l| l.w.len() as f64).collect();
+    let mut per_layer: Vec<f64> = match (opts.pattern, opts.allocation) {
+        (Pattern::NM { .. }, _) | (_, Allocation::Uniform) | (_, Allocation::Global) => {
+            vec![target; n_layers]
+        }
+        (_, Allocation::Erk) => erk(&ls, &dense, &sizes, target),
+        (_, Allocation::Owl) => owl(&scores, &dense, &sizes, target),
+    };
+    if opts.allocation == Allocation::Global && matches!(opts.pattern, Pattern::Unstructured) {
+        // One threshold over every eligible weight.
+        let mut all: Vec<f64> = scores
+            .iter()
+            .zip(&dense)
+            .filter(|(_, d)| d.is_none())
+            .flat_map(|(s, _)| s.iter().copied())
+            .collect();
+        if !all.is_empty() {
+            let k = ((target * all.len() as f64).floor() as usize).min(all.len() - 1);
+            all.select_nth_unstable_by(k, f64::total_cmp);
+            let thr = all[k];
+            for (i, s) in scores.iter().enumerate() {
+                let below = s.iter().filter(|&&x| x < thr).count();
+                per_layer[i] = below as f64 / s.len().max(1) as f64;
+            }
+        }
+    }
+    for (i, l) in ls.iter().enumerate() {
+        if let Some((_, f)) = opts.overrides.iter().rev().find(|(p, _)| glob(p, &l.label)) {
+            per_layer[i] = *f;
+        }
+    }
+    // Masks and the rewritten model.
+    let mut out = model.clone();
+    let mut rw = Rewriter::new(&mut out);
+    let mut reports = Vec::new();
+    let (mut zeros, mut total) = (0usize, 0usize);
+    for (i, l) in ls.iter().enumerate() {
+        let overridden = opts.overrides.iter().any(|(p, _)| glob(p, &l.label));
+        let reason = if overridden { None } else { dense[i].clone() };
+        let mut w = l.w.clone();
+        if reason.is_none() && per_layer[i] > 0.0 {
+            let mask = mask(
+                &l.view,
+                &scores[i],
+                opts.pattern,
+                per_layer[i],
+                opts.per_row,
+            );
+            let v = w.f32s_mut()?;
+            for (x, &keep) in v.iter_mut().zip(&mask) {
+                if !keep {
+                    *x = 0.0;
+                }
+            }
+            rw.set_input(l.node, 1, w.clone())?;
+        }
+        let z = w.f32s()?.iter().filter(|&&x| x == 0.0).count();
+        zeros += z;
+        total += w.len();
+        reports.push(LayerSparsity {
+            node: l.label.clone(),
+            op: l.op.clone(),
+            weights: w.len(),
+            sparsity: z as f64 / w.len().max(1) as f64,
+            dense_reason: reason,
+        });
+    }
+    out.graph.validate()?;
+    Ok(SparseOutcome {
+        model: out,
+        layers: reports,
+        total_sparsity: zeros as f64 / total.max(1) as f64,
+    })
+}
+
+/// ERK densities scaled to the overall target over the eligible layers.
+fn erk(ls: &[Layer], dense: &[Option<String>], sizes: &[f64], target: f64) -> Vec<f64> {
+    let raw: Vec<f64> = ls
+        .iter()
+        .map(|l| {
+            let v = &l.view;
+            let dims = [v.rows as f64, v.cin as f64, v.kpos as f64];
+            dims.iter().sum::<f64>() / dims.iter().product::<f64>()
+        })
+        .collect();
+    let eligible: Vec<bool> = dense.iter().map(Option::is_none).collect();
+    let budget: f64 = (1.0 - target)
+        * sizes
+            .iter()
+            .zip(&eligible)
+            .filter(|(_, &e)| e)
+            .map(|(s, _)| s)
+            .sum::<f64>();
+    let mut full = vec![false; ls.len()];
+    loop {
+        let fixed: f64 = (0..ls.len())
+            .filter(|&i| eligible[i] && full[i])
+            .map(|i| sizes[i])
+            .sum();
+        let scaled: f64 = (0..ls.len())
+            .filter(|&i| eligible[i] && !full[i])
+            .map(|i| raw[i] * sizes[i])
+            .sum();
+        let eps = if scaled > 0.0 {
+            (budget - fixed) / scaled
+        } else {
+            0.0
+        };
+        let mut changed = false;
+        for i in 0..ls.len() {
+            if eligible[i] && !full[i] && eps * raw[i] >= 1.0 {
+                full[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            return (0..ls.len())
+                .map(|i| {
+                    if !eligible[i] || full[i] {
+                        0.0
+                    } else {
+                        (1.0 - eps * raw[i]).clamp(0.0, 0.999)
+                    }
+                })
+                .collect();
+        }
+    }
+}
+
+/// OWL: layers with a larger share of outlier scores get less sparsity.
+fn owl(scores: &[Vec<f64>], dense: &[Option<String>], sizes: &[f64], target: f64) -> Vec<f64> {
+    const M: f64 = 5.0;
+    const LAMBDA: f64 = 0.08;
+    let lod: Vec<f64> = scores
+        .iter()
+        .map(|s| {
+            let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
+            s.iter().filter(|&&x| x > M * mean).count() as f64 / s.len().max(1) as f64
+        })
+        .collect();
+    let idx: Vec<usize> = (0..scores.len()).filter(|&i| dense[i].is_none()).collect();
+    if idx.is_empty() {
+        return vec![target; scores.len()];
+    }
+    let lo = idx.iter().map(|&i| lod[i]).fold(f64::INFINITY, f64::min);
+    let hi = idx
+        .iter()
+        .map(|&i| lod[i])
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut s: Vec<f64> = (0..scores.len())
+        .map(|i| {
+            let r = if hi > lo {
+                (lod[i] - lo) / (hi - lo)
+            } else {
+                0.5
+            };
+            target + LAMBDA - 2.0 * LAMBDA * r
+        })
+        .collect();
+    // Same overall sparsity as uniform.
+    let w: f64 = idx.iter().map(|&i| sizes[i]).sum();
+    let mean = idx.iter().map(|&i| s[i] * sizes[i]).sum::<f64>() / w.max(1.0);
+    for x in s.iter_mut() {
+        *x = (*x + target - mean).clamp(0.0, 0.999);
+    }
+    s
+}
+
+/// Clears `keep` for the `k` lowest-scored candidates (ties: lower index).
+fn drop_lowest(cands: &mut [(f64, usize)], k: usize, keep: &mut [bool]) {
+    let k = k.min(cands.len());
+    if k == 0 {
+        return;
+    }
+    let cmp = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    if k < cands.len() {
+        cands.select_nth_unstable_by(k - 1, cmp);
+    }
+    for &(_, i) in &cands[..k] {
+        keep[i] = false;
+    }
+}
+
+/// Keep-mask of one layer.
+fn mask(v: &View, scores: &[f64], pattern: Pattern, sparsity: f64, per_row: bool) -> Vec<bool> {
+    let mut keep = vec![true; scores.len()];
+    match pattern {
+        Pattern::NM { n, m } => {
+            let mut g = Vec::with_capacity(m);
+            for r in 0..v.rows {
+                for p in 0..v.kpos {
+                    for c0 in (0..v.cin).step_by(m) {
+                        g.clear();
+                        g.extend((c0..c0 + m).map(|c| {
+                            let i = v.index(r, c, p);
+                            (scores[i], i)
+                        }));
+                        drop_lowest(&mut g, m - n, &mut keep);
+                    }
+                }
+            }
+        }
+        Pattern::Block { rows, cols } => {
+            let mut blocks: Vec<(f64, usize)> = Vec::new();
+            let mut members: Vec<Vec<usize>> = Vec::new();
+            for r0 in (0..v.rows).step_by(rows) {
+                for p in 0..v.kpos {
+                    for c0 in (0..v.cin).step_by(cols) {
+                        let idx: Vec<usize> = (r0..r0 + rows)
+                            .flat_map(|r| (c0..c0 + cols).map(move |c| (r, c)))
+                            .map(|(r, c)| v.index(r, c, p))
+                            .collect();
+                        blocks.push((idx.iter().map(|&i| scores[i]).sum(), members.len()));
+                        members.push(idx);
+                    }
+                }
+            }
+            let k = (sparsity * blocks.len() as f64).floor() as usize;
+            let mut gone = vec![true; members.len()];
+            drop_lowest(&mut blocks, k, &mut gone);
+            for (b, idx) in members.iter().enumerate() {
+                if !gone[b] {
+                    for &i in idx {
+                        keep[i] = false;
+                    }
+                }
+            }
+        }
+        Pattern::Unstructured if per_row => {
+            let mut row = Vec::with_capacity(v.inputs());
+            for r in 0..v.rows {
+                row.clear();
+                for c in 0..v.cin {
+                    for p in 0..v.kpos {
+                        let i = v.index(r, c, p);
+                        row.push((scores[i], i));
+                    }
+                }
+                let k = (sparsity * row.len() as f64).floor() as usize;
+                drop_lowest(&mut row, k, &mut keep);
+            }
+        }
+        Pattern::Unstructured => {
+            let mut all: Vec<(f64, usize)> = scores.iter().copied().zip(0..).collect();
+            let k = (sparsity * all.len() as f64).floor() as usize;
+            drop_lowest(&mut all, k, &mut keep);
+        }
+    }
+    keep
+}

@@ -1,0 +1,227 @@
+//! Unstructured and N:M sparsity: exact per-layer sparsity, N:M groups
+//! checked one by one, allocation rules, and sparse models that still run
+//! in tract.
+
+use potatura::ir::{resolve_input_shapes, Model, Tensor};
+use potatura::prune::unstructured::{sparsify, Allocation, Method, Pattern, SparseOptions};
+
+use super::common::{examples, fixtures, manifest};
+use super::oracle::{feeds_for, rel_max_err, run_tract};
+
+fn opts(method: Method, pattern: Pattern, sparsity: f64) -> SparseOptions {
+    SparseOptions {
+        method,
+        pattern,
+        sparsity,
+        allocation: Allocation::Uniform,
+        per_row: false,
+        overrides: Vec::new(),
+        skip_first: false,
+        skip_last: false,
+        min_inputs: 0,
+        seed: 1,
+        calib_batch: 8,
+    }
+}
+
+fn mnist() -> (Model, Tensor) {
+    let m = potatura::onnx::load(&examples().join("mnist/mnist_cnn.onnx")).unwrap();
+    let x = potatura::data::load_tensor(&examples().join("mnist/train-images-2k-idx3-ubyte.gz"))
+        .unwrap();
+    let x = potatura::eval::batches(&x, 64).unwrap().remove(0);
+    (m, x)
+}
+
+/// The weight tensor of node `name` in `m`.
+fn weight(m: &Model, name: &str) -> Tensor {
+    let n = m.graph.nodes.iter().find(|n| n.label() == name).unwrap();
+    m.graph
+        .const_tensor(&n.inputs[1])
+        .unwrap()
+        .to_tensor()
+        .unwrap()
+}
+
+#[test]
+fn every_layer_gets_exactly_its_sparsity() {
+    let (m, x) = mnist();
+    let inputs = resolve_input_shapes(&m, &[]).unwrap();
+    for (method, per_row) in [
+        (Method::Magnitude, false),
+        (Method::Magnitude, true),
+        (Method::Wanda, true),
+        (Method::Random, false),
+    ] {
+        let mut o = opts(method, Pattern::Unstructured, 0.6);
+        o.per_row = per_row;
+        let out = sparsify(&m, &inputs, &o, Some(&x)).unwrap();
+        assert_eq!(out.layers.len(), 5);
+        for l in &out.layers {
+            let w = weight(&out.model, &l.node);
+            let z = w.f32s().unwrap().iter().filter(|&&v| v == 0.0).count();
+            let want = if per_row {
+                let rows = w.shape()[0].min(if l.op == "Gemm" { 10 } else { usize::MAX });
+                let per = w.len() / rows;
+                rows * (0.6 * per as f64).floor() as usize
+            } else {
+                (0.6 * w.len() as f64).floor() as usize
+            };
+            assert_eq!(z, want, "{method:?} {}: {z} zeros", l.node);
+            assert!((l.sparsity - z as f64 / w.len() as f64).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn n_m_masks_hold_in_every_group() {
+    let (m, x) = mnist();
+    let inputs = resolve_input_shapes(&m, &[]).unwrap();
+    for method in [Method::Magnitude, Method::Wanda] {
+        let out = sparsify(
+            &m,
+            &inputs,
+            &opts(method, Pattern::NM { n: 2, m: 4 }, 0.0),
+            Some(&x),
+        )
+        .unwrap();
+        for l in &out.layers {
+            let w = weight(&out.model, &l.node);
+            let v = w.f32s().unwrap();
+            let sh = w.shape().to_vec();
+            if let Some(why) = &l.dense_reason {
+                // The first conv has one input channel.
+                assert!(why.contains("multiple of 4"), "{why}");
+                continue;
+            }
+            // Conv [M, C, kh, kw]: 4 consecutive channels at one position.
+            let (rows, cin, kpos) = if sh.len() == 4 {
+                (sh[0], sh[1], sh[2] * sh[3])
+            } else {
+                (sh[0], sh[1], 1)
+            };
+            for r in 0..rows {
+                for p in 0..kpos {
+                    for c0 in (0..cin).step_by(4) {
+                        let nz = (c0..c0 + 4)
+                            .filter(|&c| v[(r * cin + c) * kpos + p] != 0.0)
+                            .count();
+                        assert!(
+                            nz <= 2,
+                            "{}: row {r} pos {p} channels {c0}..: {nz} non-zeros",
+                            l.node
+                        );
+                    }
+                }
+            }
+            assert!(
+                (l.sparsity - 0.5).abs() < 1e-3,
+                "{}: {}",
+                l.node,
+                l.sparsity
+            );
+        }
+    }
+}
+
+#[test]
+fn allocation_rules_and_protection() {
+    let (m, x) = mnist();
+    let inputs = resolve_input_shapes(&m, &[]).unwrap();
+    let total = |o: &potatura::prune::unstructured::SparseOutcome| {
+        let (z, n) = o.layers.iter().fold((0.0, 0.0), |(z, n), l| {
+            (z + l.sparsity * l.weights as f64, n + l.weights as f64)
+        });
+        z / n
+    };
+    // Protection: rows with fewer inputs than --min-inputs stay dense.
+    let mut o = opts(Method::Magnitude, Pattern::Unstructured, 0.5);
+    o.min_inputs = 32;
+    let out = sparsify(&m, &inputs, &o, None).unwrap();
+    assert_eq!(out.layers[0].sparsity, 0.0);
+    assert!(out.layers[0]
+        .dense_reason
+        .as_deref()
+        .unwrap()
+        .contains("9 inputs"));
+    // Skip first and last, overrides.
+    let mut o = opts(Method::Magnitude, Pattern::Unstructured, 0.5);
+    o.skip_first = true;
+    o.skip_last = true;
+    o.overrides = vec![("/block4/*".into(), 0.8)];
+    let out = sparsify(&m, &inputs, &o, None).unwrap();
+    assert_eq!(out.layers[0].sparsity, 0.0);
+    assert_eq!(out.layers[4].sparsity, 0.0);
+    assert!((out.layers[3].sparsity - 0.8).abs() < 1e-3);
+    assert!((out.layers[2].sparsity - 0.5).abs() < 1e-3);
+    // Global, ERK and OWL keep the overall sparsity.
+    for alloc in [Allocation::Global, Allocation::Erk, Allocation::Owl] {
+        let mut o = opts(Method::Wanda, Pattern::Unstructured, 0.6);
+        o.allocation = alloc;
+        let out = sparsify(&m, &inputs, &o, Some(&x)).unwrap();
+        let t = total(&out);
+        assert!((t - 0.6).abs() < 0.01, "{alloc:?}: {t}");
+        let spread: Vec<f64> = out.layers.iter().map(|l| l.sparsity).collect();
+        assert!(
+            spread.iter().any(|&s| (s - 0.6).abs() > 0.01),
+            "{alloc:?} is uniform: {spread:?}"
+        );
+    }
+    // Data-driven methods refuse to run without data.
+    let err = sparsify(
+        &m,
+        &inputs,
+        &opts(Method::Wanda, Pattern::Unstructured, 0.5),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--calib"), "{err}");
+}
+
+#[test]
+fn sparse_models_run_in_tract_and_keep_what_they_must() {
+    let man = manifest();
+    let dir = std::env::temp_dir().join(format!("potatura-sparse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in [
+        "resnet_mini",
+        "mobilenetv2_mini",
+        "yolov8_mini",
+        "transformer_mini",
+        "fp16_weights",
+    ] {
+        let m = potatura::onnx::load(&fixtures().join(format!("{name}.onnx"))).unwrap();
+        let feeds = feeds_for(&man[format!("{name}.onnx")]);
+        let inputs = resolve_input_shapes(&m, &[]).unwrap();
+        for pattern in [
+            Pattern::Unstructured,
+            Pattern::NM { n: 2, m: 4 },
+            Pattern::Block { rows: 4, cols: 1 },
+        ] {
+            let out = sparsify(&m, &inputs, &opts(Method::Magnitude, pattern, 0.5), None).unwrap();
+            assert!(
+                out.total_sparsity > 0.2,
+                "{name} {pattern:?}: {}",
+                out.total_sparsity
+            );
+            let path = dir.join(format!("{name}.sparse.onnx"));
+            potatura::onnx::save(&out.model, &path).unwrap();
+            let ours = potatura::exec::Executor::new(&out.model)
+                .unwrap()
+                .run(feeds.clone())
+                .unwrap();
+            let theirs = run_tract(&path, &feeds);
+            for ((n, o), t) in ours.iter().zip(&theirs) {
+                assert!(rel_max_err(o.f32s().unwrap(), t) <= 1e-4, "{name}: {n}");
+            }
+        }
+        // Sparsity 0 changes nothing.
+        let out = sparsify(
+            &m,
+            &inputs,
+            &opts(Method::Magnitude, Pattern::Unstructured, 0.0),
+            None,
+        )
+        .unwrap();
+        assert_eq!(out.model, m, "{name}");
+    }
+}
