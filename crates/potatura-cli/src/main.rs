@@ -121,8 +121,10 @@ struct PruneArgs {
     /// blocks y = x + f(x) become y = x, ranked by the output change each
     /// removal causes on --calib data, else a weight-magnitude proxy).
     /// Unstructured (exact zeros, same shapes; with --sparsity or
-    /// --pattern N:M): `magnitude`, `wanda` (needs --calib), `random`.
-    #[arg(long, default_value = "channel", value_parser = ["channel", "block", "magnitude", "wanda", "random"])]
+    /// --pattern N:M): `magnitude`, `wanda` (needs --calib), `sparsegpt`
+    /// (second-order, reconstructs the kept weights; needs --calib),
+    /// `random`.
+    #[arg(long, default_value = "channel", value_parser = ["channel", "block", "magnitude", "wanda", "sparsegpt", "random"])]
     method: String,
     /// Unstructured methods: the fraction of weights to zero.
     #[arg(long, value_name = "F", group = "target")]
@@ -155,6 +157,13 @@ struct PruneArgs {
     /// tiny, sensitive layers such as a 1-channel first conv).
     #[arg(long, default_value_t = 32, value_name = "N")]
     min_inputs: usize,
+    /// SparseGPT: dampening added to the Hessian diagonal, as a fraction
+    /// of its mean.
+    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    damp: f64,
+    /// SparseGPT: columns handled per block.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    gpt_block: usize,
     /// Keep at most this fraction of the MACs (e.g. 0.5).
     #[arg(long, value_name = "F", group = "target")]
     target_macs: Option<f64>,
@@ -183,9 +192,11 @@ struct PruneArgs {
     /// How a channel's scores over its coupled layers combine.
     #[arg(long, default_value = "mean", value_parser = ["mean", "sum", "max"])]
     reduce: String,
-    /// Calibration data for activation-aware importance (.npy or MNIST IDX).
-    #[arg(long, value_name = "FILE")]
-    calib: Option<PathBuf>,
+    /// Calibration data (.npy or MNIST IDX), for the data-driven methods.
+    /// A model with several inputs takes one file per input: --calib
+    /// NAME=FILE (repeatable).
+    #[arg(long, value_name = "[NAME=]FILE")]
+    calib: Vec<String>,
     /// Use at most this many calibration samples.
     #[arg(long, default_value_t = 256)]
     calib_samples: usize,
@@ -471,6 +482,46 @@ fn stage(msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// Calibration data from `--calib [NAME=]FILE` flags: one tensor per
+/// model input, at most `samples` samples.
+fn calib_feeds(
+    model: &Model,
+    specs: &[String],
+    samples: usize,
+) -> Result<Option<potatura::data::Feeds>> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = model
+        .graph
+        .real_inputs()
+        .iter()
+        .map(|v| v.name.clone())
+        .collect();
+    let mut feeds = Vec::new();
+    for spec in specs {
+        let (name, file) = match spec.split_once('=') {
+            Some((n, f)) if names.iter().any(|x| x == n) => (n.to_string(), f),
+            Some((n, _)) => {
+                bail!("--calib '{spec}': the model has no input '{n}'; its inputs are {names:?}")
+            }
+            None if names.len() == 1 => (names[0].clone(), spec.as_str()),
+            None => bail!(
+                "--calib '{spec}': the model has inputs {names:?}; name each: --calib NAME=FILE"
+            ),
+        };
+        feeds.push((name, potatura::data::load_tensor(Path::new(file))?));
+    }
+    for n in &names {
+        if !feeds.iter().any(|(k, _)| k == n) {
+            bail!("--calib: no data for input '{n}'; give --calib {n}=FILE");
+        }
+    }
+    Ok(Some(
+        potatura::data::Feeds::new(feeds)?.take(samples.max(1))?,
+    ))
+}
+
 /// Options of the unstructured methods from the flags.
 fn sparse_options(a: &PruneArgs) -> Result<potatura::prune::unstructured::SparseOptions> {
     use potatura::prune::unstructured::{Allocation, Method, Pattern, SparseOptions};
@@ -528,6 +579,8 @@ fn sparse_options(a: &PruneArgs) -> Result<potatura::prune::unstructured::Sparse
         min_inputs: a.min_inputs,
         seed: a.seed,
         calib_batch: 32,
+        damp: a.damp,
+        block: a.gpt_block,
     })
 }
 
@@ -540,7 +593,10 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     let parse = |s: &str| -> Result<Criterion> { Ok(serde_json::from_str(&format!("\"{s}\""))?) };
     let criterion = parse(&a.importance)?;
     let reduce: Reduce = serde_json::from_str(&format!("\"{}\"", a.reduce))?;
-    let unstructured = matches!(a.method.as_str(), "magnitude" | "wanda" | "random");
+    let unstructured = matches!(
+        a.method.as_str(),
+        "magnitude" | "wanda" | "sparsegpt" | "random"
+    );
     let nm = a.pattern != "unstructured";
     if unstructured {
         if a.plan.is_some() || a.dry_run {
@@ -558,7 +614,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             bail!("say how sparse: --sparsity F (e.g. 0.5) or --pattern N:M (e.g. 2:4)");
         }
     } else if a.sparsity.is_some() || nm || a.block.is_some() {
-        bail!("--sparsity, --pattern and --block go with --method magnitude, wanda or random");
+        bail!("--sparsity, --pattern and --block go with --method magnitude, wanda, sparsegpt or random");
     }
     let target = match (a.target_macs, a.target_params, a.ratio, a.global_ratio) {
         _ if unstructured => Target::Macs(1.0),
@@ -573,24 +629,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     if a.eval_labels.is_some() && a.eval_data.is_none() {
         bail!("--eval-labels needs --eval-data");
     }
-    let calib = match &a.calib {
-        Some(c) => {
-            let t = potatura::data::load_tensor(c)?;
-            let n = t
-                .shape()
-                .first()
-                .copied()
-                .unwrap_or(0)
-                .min(a.calib_samples.max(1));
-            Some(
-                potatura::eval::batches(&t, n)?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("{}: no samples", c.display()))?,
-            )
-        }
-        None => None,
-    };
+    let calib = calib_feeds(&model, &a.calib, a.calib_samples)?;
     let opts = potatura::prune::Options {
         select: Select {
             target,
@@ -753,7 +792,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         importance: if unstructured {
             format!("{} (unstructured)", a.method)
         } else if a.method == "block" {
-            if a.calib.is_some() {
+            if !a.calib.is_empty() {
                 "block: output change on --calib data".into()
             } else {
                 "block: weight magnitude".into()

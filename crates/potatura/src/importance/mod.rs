@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::Feeds;
 use crate::deps::DepGraph;
 use crate::error::{Error, Result};
 use crate::exec::Executor;
@@ -72,28 +73,18 @@ pub struct ActStats {
 }
 
 impl ActStats {
-    /// Runs `model` on `data` (`[N, ...]`, the model's single input, in
-    /// batches of `batch`) and accumulates the statistics of every value
+    /// Runs `model` on `data` (in batches of `batch`) and accumulates the statistics of every value
     /// that carries channels in `dg`.
-    pub fn collect(model: &Model, dg: &DepGraph, data: &Tensor, batch: usize) -> Result<ActStats> {
+    pub fn collect(model: &Model, dg: &DepGraph, data: &Feeds, batch: usize) -> Result<ActStats> {
         let exec = Executor::new(model)?;
-        let spec = exec.inputs().first().ok_or_else(|| {
-            Error::Usage("the model has no inputs to feed calibration data to".into())
-        })?;
-        if exec.inputs().len() != 1 {
-            return Err(Error::Usage(format!(
-                "calibration data feeds one input but the model has {}",
-                exec.inputs().len()
-            )));
-        }
         let axes: HashMap<&str, usize> = dg
             .values
             .iter()
             .map(|v| (v.name.as_str(), v.axis))
             .collect();
         let mut stats = ActStats::default();
-        for b in crate::eval::batches(data, batch.max(1))? {
-            exec.run_observed(vec![(spec.name.clone(), b)], &mut |name, t| {
+        for b in data.batches(batch.max(1))? {
+            exec.run_observed(b, &mut |name, t| {
                 let Some(&ax) = axes.get(name) else { return };
                 let Ok(x) = t.f32s() else { return };
                 let sh = t.shape();

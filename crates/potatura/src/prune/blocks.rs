@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::exec::{infer_shapes, Executor};
-use crate::ir::{InputShape, Model, Node, Tensor};
+use crate::ir::{InputShape, Model, Node};
 
 /// One removable residual block.
 #[derive(Clone, Debug, Serialize)]
@@ -218,7 +218,7 @@ pub fn scores(
     model: &Model,
     inputs: &[InputShape],
     blocks: &[Block],
-    calib: Option<&Tensor>,
+    calib: Option<&crate::data::Feeds>,
 ) -> Result<Vec<f64>> {
     let Some(x) = calib else {
         let info = infer_shapes(model, inputs)?;
@@ -248,13 +248,7 @@ pub fn scores(
             .collect());
     };
     let base = Executor::new(model)?;
-    let name = base
-        .inputs()
-        .first()
-        .ok_or_else(|| Error::Usage("the model has no inputs".into()))?
-        .name
-        .clone();
-    let feeds = vec![(name, x.clone())];
+    let feeds = x.0.clone();
     let reference = base.run(feeds.clone())?;
     blocks
         .iter()
@@ -281,7 +275,7 @@ pub fn depth(
     model: &Model,
     inputs: &[InputShape],
     target: super::Target,
-    calib: Option<&Tensor>,
+    calib: Option<&crate::data::Feeds>,
 ) -> Result<super::Outcome> {
     use super::Target;
     let blocks = find(model, inputs)?;

@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod blocks;
+mod sparsegpt;
 pub mod unstructured;
 
 use serde::{Deserialize, Serialize};
@@ -491,7 +492,7 @@ pub fn structured(
     model: &crate::ir::Model,
     inputs: &[crate::ir::InputShape],
     opts: &Options,
-    calib: Option<&crate::ir::Tensor>,
+    calib: Option<&crate::data::Feeds>,
 ) -> Result<Outcome> {
     use crate::importance::{class_scores, ActStats};
     opts.select.check()?;
@@ -596,7 +597,7 @@ pub fn to_latency(
     model: &crate::ir::Model,
     inputs: &[crate::ir::InputShape],
     opts: &Options,
-    calib: Option<&crate::ir::Tensor>,
+    calib: Option<&crate::data::Feeds>,
     fraction: f64,
     rounds: usize,
     measure: &mut MeasureLatency<'_>,

@@ -29,6 +29,10 @@ pub enum Method {
     Wanda,
     /// Uniform random scores (seeded): the baseline.
     Random,
+    /// SparseGPT: second-order selection and reconstruction of the kept
+    /// weights from calibration data, layer after layer.
+    #[serde(rename = "sparsegpt")]
+    SparseGpt,
 }
 
 /// Which weights may be zeroed together.
@@ -94,6 +98,10 @@ pub struct SparseOptions {
     pub seed: u64,
     /// Batch size for calibration runs.
     pub calib_batch: usize,
+    /// SparseGPT: dampening, as a fraction of the mean diagonal of `H`.
+    pub damp: f64,
+    /// SparseGPT: columns per block.
+    pub block: usize,
 }
 
 /// A weight seen as rows x (input channels x kernel positions).
@@ -261,21 +269,10 @@ fn layers(model: &Model, inputs: &[InputShape]) -> Result<Vec<Layer>> {
 fn input_norms(
     model: &Model,
     layers: &[Layer],
-    data: &Tensor,
+    data: &crate::data::Feeds,
     batch: usize,
 ) -> Result<HashMap<String, Vec<f64>>> {
     let exec = Executor::new(model)?;
-    let spec = exec
-        .inputs()
-        .first()
-        .ok_or_else(|| Error::Usage("the model has no inputs".into()))?
-        .clone();
-    if exec.inputs().len() != 1 {
-        return Err(Error::Usage(format!(
-            "calibration data feeds one input but the model has {}",
-            exec.inputs().len()
-        )));
-    }
     let wanted: HashMap<&str, bool> = layers
         .iter()
         .map(|l| (l.input.as_str(), l.op.starts_with("Conv")))
@@ -304,9 +301,11 @@ fn input_norms(
             e[j % c] += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
         }
     };
-    for b in crate::eval::batches(data, batch.max(1))? {
-        add(&spec.name, &b);
-        exec.run_observed(vec![(spec.name.clone(), b)], &mut |n, t| add(n, t))?;
+    for b in data.batches(batch.max(1))? {
+        for (name, t) in &b {
+            add(name, t);
+        }
+        exec.run_observed(b, &mut |n, t| add(n, t))?;
     }
     Ok(sums
         .into_iter()
@@ -323,7 +322,7 @@ pub fn sparsify(
     model: &Model,
     inputs: &[InputShape],
     opts: &SparseOptions,
-    calib: Option<&Tensor>,
+    calib: Option<&crate::data::Feeds>,
 ) -> Result<SparseOutcome> {
     if !(0.0..1.0).contains(&opts.sparsity) {
         return Err(Error::Usage(format!(
@@ -351,10 +350,11 @@ pub fn sparsify(
         }
         _ => {}
     }
-    let needs_data = opts.method == Method::Wanda || opts.allocation == Allocation::Owl;
+    let needs_data = matches!(opts.method, Method::Wanda | Method::SparseGpt)
+        || opts.allocation == Allocation::Owl;
     if needs_data && calib.is_none() {
         return Err(Error::Usage(
-            "wanda and the owl allocation need calibration data: give --calib FILE (.npy or MNIST IDX)".into(),
+            "wanda, sparsegpt and the owl allocation need calibration data: give --calib FILE (.npy or MNIST IDX)".into(),
         ));
     }
     let ls = layers(model, inputs)?;
@@ -369,7 +369,7 @@ pub fn sparsify(
         .map(|l| {
             let w = l.w.f32s().expect("float weights");
             match opts.method {
-                Method::Magnitude => w.iter().map(|v| v.abs() as f64).collect(),
+                Method::Magnitude | Method::SparseGpt => w.iter().map(|v| v.abs() as f64).collect(),
                 Method::Random => w.iter().map(|_| rng.next_f64()).collect(),
                 Method::Wanda => {
                     let nx = norms.get(&l.input);
@@ -403,6 +403,14 @@ pub fn sparsify(
             }
             if opts.skip_last && i + 1 == n_layers {
                 return Some("last layer (--skip-last)".into());
+            }
+            if opts.method == Method::SparseGpt
+                && (matches!(l.view.kind, Kind::Transposed) || l.view.group > 1)
+            {
+                return Some(
+                    "sparsegpt handles Conv with one group, Gemm and MatMul; this layer stays dense"
+                        .into(),
+                );
             }
             if l.view.inputs() < opts.min_inputs {
                 return Some(format!(
@@ -473,7 +481,11 @@ pub fn sparsify(
         let overridden = opts.overrides.iter().any(|(p, _)| glob(p, &l.label));
         let reason = if overridden { None } else { dense[i].clone() };
         let mut w = l.w.clone();
-        if reason.is_none() && per_layer[i] > 0.0 {
+        if reason.is_none() && per_layer[i] > 0.0 && opts.method == Method::SparseGpt {
+            let data = calib.expect("checked above");
+            sparsegpt_layer(&*rw.model, l, data, opts, per_layer[i], &mut w)?;
+            rw.set_input(l.node, 1, w.clone())?;
+        } else if reason.is_none() && per_layer[i] > 0.0 {
             let mask = mask(
                 &l.view,
                 &scores[i],
@@ -506,6 +518,166 @@ pub fn sparsify(
         layers: reports,
         total_sparsity: zeros as f64 / total.max(1) as f64,
     })
+}
+
+/// Column `j` of the SparseGPT matrix (inputs ordered kernel position
+/// first, then channel, so N:M groups are consecutive channels at one
+/// position) as (channel, position).
+fn column(v: &View, j: usize) -> (usize, usize) {
+    (j % v.cin, j / v.cin)
+}
+
+/// Runs SparseGPT on one layer: `H` from the layer's input in the current
+/// (already partly pruned) model over the calibration data, then prune and
+/// reconstruct `w` in place.
+fn sparsegpt_layer(
+    model: &Model,
+    l: &Layer,
+    data: &crate::data::Feeds,
+    opts: &SparseOptions,
+    sparsity: f64,
+    w: &mut Tensor,
+) -> Result<()> {
+    let v = &l.view;
+    let n = v.inputs();
+    let exec = Executor::new(model)?;
+    let conv = if l.op == "Conv" {
+        let node = &model.graph.nodes[l.node];
+        Some(crate::ops::conv::Conv {
+            attrs: crate::ops::conv::ConvAttrs::from_node(node)?,
+        })
+    } else {
+        None
+    };
+    let mut h = vec![0.0f64; n * n];
+    let mut fail = None;
+    let mut add = |t: &Tensor| -> Result<()> {
+        let x = t.f32s()?;
+        let sh = t.shape();
+        let p = match &conv {
+            Some(c) => patches(c, x, sh, w.shape(), v)?,
+            None => {
+                let k = *sh.last().unwrap_or(&0);
+                if k != n {
+                    return Err(Error::Usage(format!(
+                        "layer '{}': input has {k} features, the weight {n}",
+                        l.label
+                    )));
+                }
+                let tokens = x.len() / k.max(1);
+                let mut p = vec![0.0f32; n * tokens];
+                for (s, row) in x.chunks(k).enumerate() {
+                    for (f, &val) in row.iter().enumerate() {
+                        p[f * tokens + s] = val;
+                    }
+                }
+                p
+            }
+        };
+        let cols = p.len() / n.max(1);
+        super::sparsegpt::accumulate(&mut h, &p, n, cols);
+        Ok(())
+    };
+    for b in data.batches(opts.calib_batch.max(1))? {
+        if let Some((_, t)) = b.iter().find(|(k, _)| *k == l.input) {
+            add(t)?;
+            continue;
+        }
+        exec.run_observed(b, &mut |name, t| {
+            if name == l.input && fail.is_none() {
+                if let Err(e) = add(t) {
+                    fail = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = fail.take() {
+            return Err(e);
+        }
+    }
+    let wv = w.f32s_mut()?;
+    let mut m = vec![0.0f32; v.rows * n];
+    for r in 0..v.rows {
+        for j in 0..n {
+            let (c, p) = column(v, j);
+            m[r * n + j] = wv[v.index(r, c, p)];
+        }
+    }
+    super::sparsegpt::prune(
+        &mut m,
+        v.rows,
+        n,
+        h,
+        opts.pattern,
+        sparsity,
+        opts.per_row,
+        opts.damp,
+        opts.block,
+    )?;
+    for r in 0..v.rows {
+        for j in 0..n {
+            let (c, p) = column(v, j);
+            wv[v.index(r, c, p)] = m[r * n + j];
+        }
+    }
+    Ok(())
+}
+
+/// The conv input as patches `[n features, batch * positions]`, features
+/// ordered (kernel position, channel) as in [`column`] (group 1).
+fn patches(
+    c: &crate::ops::conv::Conv,
+    x: &[f32],
+    xs: &[usize],
+    ws: &[usize],
+    v: &View,
+) -> Result<Vec<f32>> {
+    let g = c.geometry(xs, ws)?;
+    if g.kernel.len() > 2 {
+        return Err(Error::Usage(
+            "sparsegpt handles 1-D and 2-D convolutions".into(),
+        ));
+    }
+    let two = |a: &[usize], fill: usize| -> [usize; 2] {
+        if a.len() == 2 {
+            [a[0], a[1]]
+        } else {
+            [fill, a[0]]
+        }
+    };
+    let (ih, iw) = two(&g.in_sp, 1).into();
+    let (oh, ow) = two(&g.out_sp, 1).into();
+    let (kh, kw) = two(&g.kernel, 1).into();
+    let (sh, sw) = two(&g.strides, 1).into();
+    let (dh, dw) = two(&g.dilations, 1).into();
+    let (ph, pw) = two(&g.pads_begin, 0).into();
+    let cin = g.c_in;
+    let n = v.inputs();
+    let cols = g.n * oh * ow;
+    let mut p = vec![0.0f32; n * cols];
+    for img in 0..g.n {
+        for c in 0..cin {
+            let plane = &x[(img * cin + c) * ih * iw..][..ih * iw];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let f = (ky * kw + kx) * cin + c;
+                    let row = &mut p[f * cols + img * oh * ow..][..oh * ow];
+                    for oy in 0..oh {
+                        let y = (oy * sh + ky * dh) as isize - ph as isize;
+                        if y < 0 || y >= ih as isize {
+                            continue;
+                        }
+                        for ox in 0..ow {
+                            let xx = (ox * sw + kx * dw) as isize - pw as isize;
+                            if xx >= 0 && xx < iw as isize {
+                                row[oy * ow + ox] = plane[y as usize * iw + xx as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(p)
 }
 
 /// ERK densities scaled to the overall target over the eligible layers.

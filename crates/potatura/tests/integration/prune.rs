@@ -480,7 +480,7 @@ fn a_block_whose_branch_is_zero_goes_first_and_changes_nothing() {
         let z = Tensor::from_f32(t.dims().to_vec(), vec![0.0; t.numel()]);
         t.set(&z).unwrap();
     }
-    let x = &feeds[0].1;
+    let x = &potatura::data::Feeds::new(feeds.clone()).unwrap();
     let scores = prune::blocks::scores(&m, &inputs, &blocks, Some(x)).unwrap();
     assert!(scores[1] < 1e-7, "{scores:?}");
     assert!(

@@ -2,6 +2,7 @@
 //! checked one by one, allocation rules, and sparse models that still run
 //! in tract.
 
+use potatura::data::Feeds;
 use potatura::ir::{resolve_input_shapes, Model, Tensor};
 use potatura::prune::unstructured::{sparsify, Allocation, Method, Pattern, SparseOptions};
 
@@ -21,14 +22,19 @@ fn opts(method: Method, pattern: Pattern, sparsity: f64) -> SparseOptions {
         min_inputs: 0,
         seed: 1,
         calib_batch: 8,
+        damp: 0.01,
+        block: 128,
     }
 }
 
-fn mnist() -> (Model, Tensor) {
+fn mnist() -> (Model, Feeds) {
     let m = potatura::onnx::load(&examples().join("mnist/mnist_cnn.onnx")).unwrap();
     let x = potatura::data::load_tensor(&examples().join("mnist/train-images-2k-idx3-ubyte.gz"))
         .unwrap();
-    let x = potatura::eval::batches(&x, 64).unwrap().remove(0);
+    let x = Feeds::new(vec![("input".into(), x)])
+        .unwrap()
+        .take(64)
+        .unwrap();
     (m, x)
 }
 
@@ -224,4 +230,45 @@ fn sparse_models_run_in_tract_and_keep_what_they_must() {
         .unwrap();
         assert_eq!(out.model, m, "{name}");
     }
+}
+
+#[test]
+fn sparsegpt_prunes_layer_after_layer_and_keeps_accuracy() {
+    let (m, x) = mnist();
+    let inputs = resolve_input_shapes(&m, &[]).unwrap();
+    let mut o = opts(Method::SparseGpt, Pattern::Unstructured, 0.6);
+    o.min_inputs = 32;
+    let out = sparsify(&m, &inputs, &o, Some(&x)).unwrap();
+    for l in &out.layers[1..] {
+        // Blocks of 128 columns each lose 60% (rounded down per block).
+        assert!(
+            (l.sparsity - 0.6).abs() < 0.01,
+            "{}: {}",
+            l.node,
+            l.sparsity
+        );
+    }
+    assert_eq!(out.layers[0].sparsity, 0.0);
+    // Reconstruction keeps the outputs closer to the dense model than
+    // magnitude pruning at the same sparsity.
+    let eval = potatura::data::load_tensor(&examples().join("mnist/t10k-images-5k-idx3-ubyte.gz"))
+        .unwrap();
+    let eval = potatura::eval::batches(&eval, 512).unwrap().remove(0);
+    let dense =
+        potatura::eval::predict(&potatura::exec::Executor::new(&m).unwrap(), &eval, 128).unwrap();
+    let err = |model: &Model| {
+        let p = potatura::eval::predict(&potatura::exec::Executor::new(model).unwrap(), &eval, 128)
+            .unwrap();
+        potatura::eval::score(&p, None, Some(&dense))
+            .unwrap()
+            .relative_error
+            .unwrap()
+    };
+    let mut mo = opts(Method::Magnitude, Pattern::Unstructured, 0.6);
+    mo.min_inputs = 32;
+    let mag = sparsify(&m, &inputs, &mo, None).unwrap();
+    let (eg, em) = (err(&out.model), err(&mag.model));
+    assert!(eg < 0.5 * em, "sparsegpt {eg} vs magnitude {em}");
+    // No data, no SparseGPT.
+    assert!(sparsify(&m, &inputs, &o, None).is_err());
 }
