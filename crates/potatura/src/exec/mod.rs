@@ -28,6 +28,11 @@ struct Step {
     frees: Vec<usize>,
 }
 
+/// A hook called before each executed node with its graph index and
+/// inputs; it returns input replacements `(position, tensor)` for that node.
+pub type BeforeNode<'a> =
+    dyn FnMut(usize, &[Option<&Tensor>]) -> Result<Vec<(usize, Tensor)>> + 'a;
+
 /// The measured time of one executed node.
 #[derive(Clone, Debug)]
 pub struct StepTime {
@@ -285,7 +290,20 @@ impl Executor {
         feeds: Vec<(String, Tensor)>,
         observe: &mut dyn FnMut(&str, &Tensor),
     ) -> Result<Vec<(String, Tensor)>> {
-        self.run_inner(feeds, observe, None)
+        self.run_inner(feeds, observe, None, None)
+    }
+
+    /// Runs the model, letting `before(node, inputs)` see the inputs of
+    /// every executed node (`node` indexes `model.graph.nodes`) and return
+    /// replacements `(input position, tensor)` used for that node only.
+    /// One-shot pruning uses it to calibrate and prune each layer on the
+    /// outputs of the layers already pruned before it, in a single pass.
+    pub fn run_hooked(
+        &self,
+        feeds: Vec<(String, Tensor)>,
+        before: &mut BeforeNode<'_>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        self.run_inner(feeds, &mut |_, _| {}, None, Some(before))
     }
 
     /// Runs the model `reps` times (after one warm-up run) and returns the
@@ -295,9 +313,9 @@ impl Executor {
         let reps = reps.max(1);
         let mut times = vec![Vec::with_capacity(reps); self.steps.len()];
         let mut one = vec![Duration::ZERO; self.steps.len()];
-        self.run_inner(feeds.clone(), &mut |_, _| {}, Some(&mut one))?;
+        self.run_inner(feeds.clone(), &mut |_, _| {}, Some(&mut one), None)?;
         for _ in 0..reps {
-            self.run_inner(feeds.clone(), &mut |_, _| {}, Some(&mut one))?;
+            self.run_inner(feeds.clone(), &mut |_, _| {}, Some(&mut one), None)?;
             for (t, d) in times.iter_mut().zip(&one) {
                 t.push(*d);
             }
@@ -323,6 +341,7 @@ impl Executor {
         feeds: Vec<(String, Tensor)>,
         observe: &mut dyn FnMut(&str, &Tensor),
         mut timing: Option<&mut Vec<Duration>>,
+        mut before: Option<&mut BeforeNode<'_>>,
     ) -> Result<Vec<(String, Tensor)>> {
         let mut vals: Vec<Option<Arc<Tensor>>> = vec![None; self.n_slots];
         for (name, t) in feeds {
@@ -357,6 +376,21 @@ impl Executor {
                 .map(|s| s.map(|s| vals[s].as_deref().or(self.consts[s].as_deref())))
                 .map(|o| o.flatten())
                 .collect();
+            let replaced = match before.as_deref_mut() {
+                Some(hook) => hook(st.node, &args)?,
+                None => Vec::new(),
+            };
+            let args: Vec<Option<&Tensor>> = if replaced.is_empty() {
+                args
+            } else {
+                let mut a = args;
+                for (i, t) in &replaced {
+                    if let Some(slot) = a.get_mut(*i) {
+                        *slot = Some(t);
+                    }
+                }
+                a
+            };
             let res = st.op.eval(&args).map_err(|e| match e {
                 Error::Usage(msg) => {
                     let shapes: Vec<String> = args.iter().map(|t| describe(*t)).collect();

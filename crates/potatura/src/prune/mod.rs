@@ -4,7 +4,7 @@
 
 mod apply;
 pub mod blocks;
-mod sparsegpt;
+pub mod sparsegpt;
 pub mod unstructured;
 
 use serde::{Deserialize, Serialize};

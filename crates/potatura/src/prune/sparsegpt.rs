@@ -15,7 +15,7 @@ use super::unstructured::Pattern;
 
 /// Accumulates `H += P Pᵀ` for `P` of `n` features by `cols` samples
 /// (row-major `[n, cols]`).
-pub(super) fn accumulate(h: &mut [f64], p: &[f32], n: usize, cols: usize) {
+pub fn accumulate(h: &mut [f64], p: &[f32], n: usize, cols: usize) {
     if cols == 0 {
         return;
     }
@@ -46,7 +46,7 @@ pub(super) fn accumulate(h: &mut [f64], p: &[f32], n: usize, cols: usize) {
 /// updates the others to absorb the error. `damp` is a fraction of the mean
 /// diagonal added to it; `block` columns are handled together.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn prune(
+pub fn prune(
     w: &mut [f32],
     rows: usize,
     n: usize,

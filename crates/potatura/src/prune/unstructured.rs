@@ -371,24 +371,7 @@ pub fn sparsify(
             match opts.method {
                 Method::Magnitude | Method::SparseGpt => w.iter().map(|v| v.abs() as f64).collect(),
                 Method::Random => w.iter().map(|_| rng.next_f64()).collect(),
-                Method::Wanda => {
-                    let nx = norms.get(&l.input);
-                    let mut s = vec![0.0; w.len()];
-                    let v = &l.view;
-                    for r in 0..v.rows {
-                        for c in 0..v.cin {
-                            let x = nx
-                                .and_then(|n| n.get(v.channel(r, c)))
-                                .copied()
-                                .unwrap_or(1.0);
-                            for p in 0..v.kpos {
-                                let i = v.index(r, c, p);
-                                s[i] = w[i].abs() as f64 * x;
-                            }
-                        }
-                    }
-                    s
-                }
+                Method::Wanda => wanda_scores(l, w, norms.get(&l.input)),
             }
         })
         .collect();
@@ -472,6 +455,49 @@ pub fn sparsify(
             per_layer[i] = *f;
         }
     }
+    // Wanda and SparseGPT calibrate each layer on the outputs of the layers
+    // pruned before it, in one pass over the calibration set.
+    let eligible = |i: usize, l: &Layer| {
+        let overridden = opts.overrides.iter().any(|(p, _)| glob(p, &l.label));
+        (overridden || dense[i].is_none()) && per_layer[i] > 0.0
+    };
+    let mut sequential: HashMap<usize, Tensor> = HashMap::new();
+    if matches!(opts.method, Method::SparseGpt | Method::Wanda) {
+        let data = calib.expect("checked above");
+        let by_node: HashMap<usize, usize> = ls
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| eligible(*i, l))
+            .map(|(i, l)| (l.node, i))
+            .collect();
+        let exec = Executor::new(model)?;
+        exec.run_hooked(data.0.clone(), &mut |node, args| {
+            let Some(&i) = by_node.get(&node) else {
+                return Ok(Vec::new());
+            };
+            let l = &ls[i];
+            let x = args
+                .first()
+                .copied()
+                .flatten()
+                .ok_or_else(|| Error::Usage(format!("layer '{}' has no input", l.label)))?;
+            let mut w = l.w.clone();
+            if opts.method == Method::SparseGpt {
+                sparsegpt_weights(model, l, x, opts, per_layer[i], &mut w)?;
+            } else {
+                let norms = channel_norms(x, l.op.starts_with("Conv"))?;
+                let sc = wanda_scores(l, w.f32s()?, Some(&norms));
+                let keep = mask(&l.view, &sc, opts.pattern, per_layer[i], opts.per_row);
+                for (v, k) in w.f32s_mut()?.iter_mut().zip(keep) {
+                    if !k {
+                        *v = 0.0;
+                    }
+                }
+            }
+            sequential.insert(i, w.clone());
+            Ok(vec![(1, w)])
+        })?;
+    }
     // Masks and the rewritten model.
     let mut out = model.clone();
     let mut rw = Rewriter::new(&mut out);
@@ -481,9 +507,8 @@ pub fn sparsify(
         let overridden = opts.overrides.iter().any(|(p, _)| glob(p, &l.label));
         let reason = if overridden { None } else { dense[i].clone() };
         let mut w = l.w.clone();
-        if reason.is_none() && per_layer[i] > 0.0 && opts.method == Method::SparseGpt {
-            let data = calib.expect("checked above");
-            sparsegpt_layer(&*rw.model, l, data, opts, per_layer[i], &mut w)?;
+        if let Some(seq) = sequential.remove(&i) {
+            w = seq;
             rw.set_input(l.node, 1, w.clone())?;
         } else if reason.is_none() && per_layer[i] > 0.0 {
             let mask = mask(
@@ -520,6 +545,45 @@ pub fn sparsify(
     })
 }
 
+/// Wanda scores `|w| * ||x_c||` of one layer.
+fn wanda_scores(l: &Layer, w: &[f32], norms: Option<&Vec<f64>>) -> Vec<f64> {
+    let mut s = vec![0.0; w.len()];
+    let v = &l.view;
+    for r in 0..v.rows {
+        for c in 0..v.cin {
+            let x = norms
+                .and_then(|n| n.get(v.channel(r, c)))
+                .copied()
+                .unwrap_or(1.0);
+            for p in 0..v.kpos {
+                let i = v.index(r, c, p);
+                s[i] = w[i].abs() as f64 * x;
+            }
+        }
+    }
+    s
+}
+
+/// L2 norm of each input channel of `t` (axis 1 for convs, else the last).
+fn channel_norms(t: &Tensor, conv: bool) -> Result<Vec<f64>> {
+    let x = t.f32s()?;
+    let sh = t.shape();
+    if sh.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ax, c) = if conv && sh.len() >= 2 {
+        (1, sh[1])
+    } else {
+        (sh.len() - 1, sh[sh.len() - 1])
+    };
+    let inner: usize = sh[ax + 1..].iter().product();
+    let mut e = vec![0.0f64; c];
+    for (j, row) in x.chunks(inner.max(1)).enumerate() {
+        e[j % c] += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+    }
+    Ok(e.into_iter().map(f64::sqrt).collect())
+}
+
 /// Column `j` of the SparseGPT matrix (inputs ordered kernel position
 /// first, then channel, so N:M groups are consecutive channels at one
 /// position) as (channel, position).
@@ -527,20 +591,19 @@ fn column(v: &View, j: usize) -> (usize, usize) {
     (j % v.cin, j / v.cin)
 }
 
-/// Runs SparseGPT on one layer: `H` from the layer's input in the current
-/// (already partly pruned) model over the calibration data, then prune and
-/// reconstruct `w` in place.
-fn sparsegpt_layer(
+/// Runs SparseGPT on one layer given its input `x` over the whole
+/// calibration set (produced by the layers pruned before it): `H` is
+/// accumulated chunk by chunk, then `w` is pruned and reconstructed.
+fn sparsegpt_weights(
     model: &Model,
     l: &Layer,
-    data: &crate::data::Feeds,
+    x: &Tensor,
     opts: &SparseOptions,
     sparsity: f64,
     w: &mut Tensor,
 ) -> Result<()> {
     let v = &l.view;
     let n = v.inputs();
-    let exec = Executor::new(model)?;
     let conv = if l.op == "Conv" {
         let node = &model.graph.nodes[l.node];
         Some(crate::ops::conv::Conv {
@@ -550,12 +613,16 @@ fn sparsegpt_layer(
         None
     };
     let mut h = vec![0.0f64; n * n];
-    let mut fail = None;
-    let mut add = |t: &Tensor| -> Result<()> {
-        let x = t.f32s()?;
+    let chunks = if conv.is_some() {
+        crate::eval::batches(x, opts.calib_batch.max(1))?
+    } else {
+        vec![x.clone()]
+    };
+    for t in &chunks {
+        let xs = t.f32s()?;
         let sh = t.shape();
         let p = match &conv {
-            Some(c) => patches(c, x, sh, w.shape(), v)?,
+            Some(c) => patches(c, xs, sh, w.shape(), v)?,
             None => {
                 let k = *sh.last().unwrap_or(&0);
                 if k != n {
@@ -564,9 +631,9 @@ fn sparsegpt_layer(
                         l.label
                     )));
                 }
-                let tokens = x.len() / k.max(1);
+                let tokens = xs.len() / k.max(1);
                 let mut p = vec![0.0f32; n * tokens];
-                for (s, row) in x.chunks(k).enumerate() {
+                for (s, row) in xs.chunks(k).enumerate() {
                     for (f, &val) in row.iter().enumerate() {
                         p[f * tokens + s] = val;
                     }
@@ -576,23 +643,6 @@ fn sparsegpt_layer(
         };
         let cols = p.len() / n.max(1);
         super::sparsegpt::accumulate(&mut h, &p, n, cols);
-        Ok(())
-    };
-    for b in data.batches(opts.calib_batch.max(1))? {
-        if let Some((_, t)) = b.iter().find(|(k, _)| *k == l.input) {
-            add(t)?;
-            continue;
-        }
-        exec.run_observed(b, &mut |name, t| {
-            if name == l.input && fail.is_none() {
-                if let Err(e) = add(t) {
-                    fail = Some(e);
-                }
-            }
-        })?;
-        if let Some(e) = fail.take() {
-            return Err(e);
-        }
     }
     let wv = w.f32s_mut()?;
     let mut m = vec![0.0f32; v.rows * n];

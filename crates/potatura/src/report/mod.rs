@@ -61,11 +61,11 @@ fn param_sizes(model: &Model) -> std::collections::HashMap<&str, u64> {
     param_sizes
 }
 
-/// Length of `bytes` gzip-compressed (default level): how much smaller a
+/// Length of `bytes` gzip-compressed (fast level): how much smaller a
 /// sparse model ships.
 pub fn gzip_len(bytes: &[u8]) -> u64 {
     use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let _ = e.write_all(bytes);
     e.finish().map(|v| v.len() as u64).unwrap_or(0)
 }
