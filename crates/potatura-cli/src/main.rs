@@ -164,6 +164,10 @@ struct PruneArgs {
     /// SparseGPT: columns handled per block.
     #[arg(long, default_value_t = 128, value_name = "N")]
     gpt_block: usize,
+    /// SparseGPT: a calibration input that masks padding tokens (e.g.
+    /// attention_mask); masked tokens do not count in the statistics.
+    #[arg(long, value_name = "INPUT")]
+    calib_mask: Option<String>,
     /// Keep at most this fraction of the MACs (e.g. 0.5).
     #[arg(long, value_name = "F", group = "target")]
     target_macs: Option<f64>,
@@ -581,6 +585,7 @@ fn sparse_options(a: &PruneArgs) -> Result<potatura::prune::unstructured::Sparse
         calib_batch: 32,
         damp: a.damp,
         block: a.gpt_block,
+        token_mask: a.calib_mask.clone(),
     })
 }
 

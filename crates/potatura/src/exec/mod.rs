@@ -30,8 +30,7 @@ struct Step {
 
 /// A hook called before each executed node with its graph index and
 /// inputs; it returns input replacements `(position, tensor)` for that node.
-pub type BeforeNode<'a> =
-    dyn FnMut(usize, &[Option<&Tensor>]) -> Result<Vec<(usize, Tensor)>> + 'a;
+pub type BeforeNode<'a> = dyn FnMut(usize, &[Option<&Tensor>]) -> Result<Vec<(usize, Tensor)>> + 'a;
 
 /// The measured time of one executed node.
 #[derive(Clone, Debug)]
@@ -237,6 +236,20 @@ impl Executor {
     /// The inputs to feed.
     pub fn inputs(&self) -> &[InputSpec] {
         &self.inputs
+    }
+
+    /// The batch size to feed: the model's own when its first input has a
+    /// fixed batch dimension (many exports bake in 1), else `wanted`.
+    pub fn batch_size(&self, wanted: usize) -> usize {
+        match self
+            .inputs
+            .first()
+            .and_then(|s| s.shape.as_ref())
+            .and_then(|d| d.first())
+        {
+            Some(Dim::Known(k)) if *k > 0 => *k,
+            _ => wanted.max(1),
+        }
     }
 
     /// Names of the graph outputs, in order.

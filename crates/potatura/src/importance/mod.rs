@@ -83,7 +83,7 @@ impl ActStats {
             .map(|v| (v.name.as_str(), v.axis))
             .collect();
         let mut stats = ActStats::default();
-        for b in data.batches(batch.max(1))? {
+        for b in data.batches(exec.batch_size(batch))? {
             exec.run_observed(b, &mut |name, t| {
                 let Some(&ax) = axes.get(name) else { return };
                 let Ok(x) = t.f32s() else { return };

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::exec::{infer_shapes, Executor};
-use crate::ir::{InputShape, Model, Node};
+use crate::ir::{InputShape, Model, Node, Tensor};
 
 /// One removable residual block.
 #[derive(Clone, Debug, Serialize)]
@@ -248,19 +248,25 @@ pub fn scores(
             .collect());
     };
     let base = Executor::new(model)?;
-    let feeds = x.0.clone();
-    let reference = base.run(feeds.clone())?;
+    let batches = x.batches(base.batch_size(x.samples()))?;
+    let reference: Vec<Vec<(String, Tensor)>> = batches
+        .iter()
+        .map(|b| base.run(b.clone()))
+        .collect::<Result<_>>()?;
     blocks
         .iter()
         .map(|b| {
             let m = remove(model, blocks, std::slice::from_ref(&b.add))?;
-            let out = Executor::new(&m)?.run(feeds.clone())?;
+            let exec = Executor::new(&m)?;
             let (mut num, mut den) = (0.0f64, 0.0f64);
-            for ((_, o), (_, r)) in out.iter().zip(&reference) {
-                if let (Ok(o), Ok(r)) = (o.f32s(), r.f32s()) {
-                    for (a, c) in o.iter().zip(r) {
-                        num += ((a - c) as f64).powi(2);
-                        den += (*c as f64).powi(2);
+            for (feeds, refs) in batches.iter().zip(&reference) {
+                let out = exec.run(feeds.clone())?;
+                for ((_, o), (_, r)) in out.iter().zip(refs) {
+                    if let (Ok(o), Ok(r)) = (o.f32s(), r.f32s()) {
+                        for (a, c) in o.iter().zip(r) {
+                            num += ((a - c) as f64).powi(2);
+                            den += (*c as f64).powi(2);
+                        }
                     }
                 }
             }

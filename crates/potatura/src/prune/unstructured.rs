@@ -102,6 +102,10 @@ pub struct SparseOptions {
     pub damp: f64,
     /// SparseGPT: columns per block.
     pub block: usize,
+    /// A calibration input holding a `[batch, seq]` token mask (e.g. a
+    /// BERT `attention_mask`): tokens where it is 0 (padding) are left out
+    /// of the statistics of layers whose input is `[batch, seq, features]`.
+    pub token_mask: Option<String>,
 }
 
 /// A weight seen as rows x (input channels x kernel positions).
@@ -301,7 +305,7 @@ fn input_norms(
             e[j % c] += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
         }
     };
-    for b in data.batches(batch.max(1))? {
+    for b in data.batches(exec.batch_size(batch))? {
         for (name, t) in &b {
             add(name, t);
         }
@@ -470,22 +474,44 @@ pub fn sparsify(
             .filter(|(i, l)| eligible(*i, l))
             .map(|(i, l)| (l.node, i))
             .collect();
-        let exec = Executor::new(model)?;
-        exec.run_hooked(data.0.clone(), &mut |node, args| {
-            let Some(&i) = by_node.get(&node) else {
-                return Ok(Vec::new());
-            };
+        // Tokens to keep, when a token mask is given: [batch * seq].
+        let token_keep: Option<Vec<bool>> = match &opts.token_mask {
+            Some(name) => {
+                let t = data.get(name).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--calib-mask {name}: no calibration data for that input"
+                    ))
+                })?;
+                Some(t.to_f64_vec().iter().map(|&v| v != 0.0).collect())
+            }
+            None => None,
+        };
+        // Prunes layer `i` given its input over the whole calibration set.
+        let process = |i: usize, x: &Tensor| -> Result<Tensor> {
             let l = &ls[i];
-            let x = args
-                .first()
-                .copied()
-                .flatten()
-                .ok_or_else(|| Error::Usage(format!("layer '{}' has no input", l.label)))?;
             let mut w = l.w.clone();
+            // The mask applies to [batch, seq, features] inputs.
+            let keep_token = token_keep.as_deref().filter(|m| {
+                x.rank() == 3 && x.shape()[0] * x.shape()[1] == m.len() && !l.op.starts_with("Conv")
+            });
             if opts.method == Method::SparseGpt {
-                sparsegpt_weights(model, l, x, opts, per_layer[i], &mut w)?;
+                sparsegpt_weights(model, l, x, keep_token, opts, per_layer[i], &mut w)?;
             } else {
-                let norms = channel_norms(x, l.op.starts_with("Conv"))?;
+                let norms = match keep_token {
+                    Some(m) => {
+                        // Only the kept tokens' rows of [batch * seq, features].
+                        let k = x.shape()[2];
+                        let xs = x.f32s()?;
+                        let mut e = vec![0.0f64; k];
+                        for (row, _) in xs.chunks(k).zip(m).filter(|(_, &keep)| keep) {
+                            for (a, &v) in e.iter_mut().zip(row) {
+                                *a += (v as f64) * (v as f64);
+                            }
+                        }
+                        e.into_iter().map(f64::sqrt).collect()
+                    }
+                    None => channel_norms(x, l.op.starts_with("Conv"))?,
+                };
                 let sc = wanda_scores(l, w.f32s()?, Some(&norms));
                 let keep = mask(&l.view, &sc, opts.pattern, per_layer[i], opts.per_row);
                 for (v, k) in w.f32s_mut()?.iter_mut().zip(keep) {
@@ -494,9 +520,58 @@ pub fn sparsify(
                     }
                 }
             }
-            sequential.insert(i, w.clone());
-            Ok(vec![(1, w)])
-        })?;
+            Ok(w)
+        };
+        let exec = Executor::new(model)?;
+        let fixed_batch = exec
+            .inputs()
+            .first()
+            .and_then(|s| s.shape.as_ref())
+            .and_then(|d| match d.first() {
+                Some(crate::ir::Dim::Known(k)) => Some(*k),
+                _ => None,
+            });
+        match fixed_batch {
+            Some(b) if b < data.samples() => {
+                // The model takes `b` samples at a time: calibrate layer by
+                // layer, each time running the model pruned so far.
+                let mut current = model.clone();
+                let mut order: Vec<(usize, usize)> =
+                    by_node.iter().map(|(&n, &i)| (i, n)).collect();
+                order.sort_unstable();
+                for (i, node) in order {
+                    let ex = Executor::new(&current)?;
+                    let mut xs: Vec<Tensor> = Vec::new();
+                    for batch in data.batches(b)? {
+                        ex.run_hooked(batch, &mut |n, args| {
+                            if n == node {
+                                if let Some(x) = args.first().copied().flatten() {
+                                    xs.push(x.clone());
+                                }
+                            }
+                            Ok(Vec::new())
+                        })?;
+                    }
+                    let x = concat0(&xs)?;
+                    let w = process(i, &x)?;
+                    Rewriter::new(&mut current).set_input(node, 1, w.clone())?;
+                    sequential.insert(i, w);
+                }
+            }
+            _ => {
+                exec.run_hooked(data.0.clone(), &mut |node, args| {
+                    let Some(&i) = by_node.get(&node) else {
+                        return Ok(Vec::new());
+                    };
+                    let x = args.first().copied().flatten().ok_or_else(|| {
+                        Error::Usage(format!("layer '{}' has no input", ls[i].label))
+                    })?;
+                    let w = process(i, x)?;
+                    sequential.insert(i, w.clone());
+                    Ok(vec![(1, w)])
+                })?;
+            }
+        }
     }
     // Masks and the rewritten model.
     let mut out = model.clone();
@@ -543,6 +618,20 @@ pub fn sparsify(
         layers: reports,
         total_sparsity: zeros as f64 / total.max(1) as f64,
     })
+}
+
+/// Concatenates float tensors along axis 0.
+fn concat0(ts: &[Tensor]) -> Result<Tensor> {
+    let first = ts
+        .first()
+        .ok_or_else(|| Error::Usage("a layer saw no calibration data".into()))?;
+    let mut shape = first.shape().to_vec();
+    shape[0] = ts.iter().map(|t| t.shape()[0]).sum();
+    let mut v = Vec::with_capacity(shape.iter().product());
+    for t in ts {
+        v.extend_from_slice(t.f32s()?);
+    }
+    Ok(Tensor::from_float(first.dtype(), shape, v))
 }
 
 /// Wanda scores `|w| * ||x_c||` of one layer.
@@ -598,6 +687,7 @@ fn sparsegpt_weights(
     model: &Model,
     l: &Layer,
     x: &Tensor,
+    keep_token: Option<&[bool]>,
     opts: &SparseOptions,
     sparsity: f64,
     w: &mut Tensor,
@@ -631,9 +721,15 @@ fn sparsegpt_weights(
                         l.label
                     )));
                 }
-                let tokens = xs.len() / k.max(1);
+                let rows: Vec<&[f32]> = xs
+                    .chunks(k)
+                    .enumerate()
+                    .filter(|(i, _)| keep_token.is_none_or(|m| m.get(*i).copied().unwrap_or(true)))
+                    .map(|(_, r)| r)
+                    .collect();
+                let tokens = rows.len();
                 let mut p = vec![0.0f32; n * tokens];
-                for (s, row) in xs.chunks(k).enumerate() {
+                for (s, row) in rows.iter().enumerate() {
                     for (f, &val) in row.iter().enumerate() {
                         p[f * tokens + s] = val;
                     }

@@ -24,6 +24,7 @@ fn opts(method: Method, pattern: Pattern, sparsity: f64) -> SparseOptions {
         calib_batch: 8,
         damp: 0.01,
         block: 128,
+        token_mask: None,
     }
 }
 
@@ -271,4 +272,38 @@ fn sparsegpt_prunes_layer_after_layer_and_keeps_accuracy() {
     assert!(eg < 0.5 * em, "sparsegpt {eg} vs magnitude {em}");
     // No data, no SparseGPT.
     assert!(sparsify(&m, &inputs, &o, None).is_err());
+}
+
+#[test]
+fn token_masks_leave_padding_out_of_the_statistics() {
+    // transformer_mini: input_ids [1, 16]; token id 0 plays padding here.
+    let m = potatura::onnx::load(&fixtures().join("transformer_mini.onnx")).unwrap();
+    let inputs = resolve_input_shapes(&m, &[]).unwrap();
+    let ids: Vec<i64> = (0..8 * 16)
+        .map(|i| {
+            if i % 16 >= 12 {
+                0
+            } else {
+                (i * 7 % 90 + 1) as i64
+            }
+        })
+        .collect();
+    let feeds = Feeds::new(vec![(
+        "input_ids".into(),
+        Tensor::from_i64(vec![8, 16], ids),
+    )])
+    .unwrap();
+    for method in [Method::SparseGpt, Method::Wanda] {
+        let mut o = opts(method, Pattern::NM { n: 2, m: 4 }, 0.0);
+        o.token_mask = Some("input_ids".into());
+        let out = sparsify(&m, &inputs, &o, Some(&feeds)).unwrap();
+        assert!(
+            out.total_sparsity > 0.45,
+            "{method:?}: {}",
+            out.total_sparsity
+        );
+        o.token_mask = Some("no_such_input".into());
+        let err = sparsify(&m, &inputs, &o, Some(&feeds)).unwrap_err();
+        assert!(err.to_string().contains("no_such_input"), "{err}");
+    }
 }
