@@ -554,7 +554,9 @@ pub fn sparsify(
                     }
                     let x = concat0(&xs)?;
                     let w = process(i, &x)?;
-                    Rewriter::new(&mut current).set_input(node, 1, w.clone())?;
+                    if opts.method == Method::SparseGpt {
+                        Rewriter::new(&mut current).set_input(node, 1, w.clone())?;
+                    }
                     sequential.insert(i, w);
                 }
             }
@@ -568,7 +570,15 @@ pub fn sparsify(
                     })?;
                     let w = process(i, x)?;
                     sequential.insert(i, w.clone());
-                    Ok(vec![(1, w)])
+                    // SparseGPT feeds the pruned layer forward; Wanda scores
+                    // every layer on dense activations (measured better:
+                    // MNIST 50% 95.4% against 88.4% sequential, MiniLM
+                    // 0.882 against 0.880).
+                    Ok(if opts.method == Method::SparseGpt {
+                        vec![(1, w)]
+                    } else {
+                        Vec::new()
+                    })
                 })?;
             }
         }
