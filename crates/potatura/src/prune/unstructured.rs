@@ -286,23 +286,14 @@ fn input_norms(
         let Some(&conv) = wanted.get(name) else {
             return;
         };
-        let Ok(x) = t.f32s() else { return };
-        let sh = t.shape();
-        if sh.is_empty() {
+        let Ok(sq) = channel_sq_sums(t, conv) else {
             return;
-        }
-        let (ax, c) = if conv && sh.len() >= 2 {
-            (1, sh[1])
-        } else {
-            (sh.len() - 1, sh[sh.len() - 1])
         };
-        let inner: usize = sh[ax + 1..].iter().product();
-        let e = sums.entry(name.to_string()).or_insert_with(|| vec![0.0; c]);
-        if e.len() != c {
-            return;
-        }
-        for (j, row) in x.chunks(inner.max(1)).enumerate() {
-            e[j % c] += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        let e = sums
+            .entry(name.to_string())
+            .or_insert_with(|| vec![0.0; sq.len()]);
+        if e.len() == sq.len() {
+            e.iter_mut().zip(sq).for_each(|(a, b)| *a += b);
         }
     };
     for b in data.batches(exec.batch_size(batch))? {
@@ -663,8 +654,9 @@ fn wanda_scores(l: &Layer, w: &[f32], norms: Option<&Vec<f64>>) -> Vec<f64> {
     s
 }
 
-/// L2 norm of each input channel of `t` (axis 1 for convs, else the last).
-fn channel_norms(t: &Tensor, conv: bool) -> Result<Vec<f64>> {
+/// Sum of squares of each input channel of `t` (axis 1 for convs, else
+/// the last axis).
+fn channel_sq_sums(t: &Tensor, conv: bool) -> Result<Vec<f64>> {
     let x = t.f32s()?;
     let sh = t.shape();
     if sh.is_empty() {
@@ -680,7 +672,15 @@ fn channel_norms(t: &Tensor, conv: bool) -> Result<Vec<f64>> {
     for (j, row) in x.chunks(inner.max(1)).enumerate() {
         e[j % c] += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
     }
-    Ok(e.into_iter().map(f64::sqrt).collect())
+    Ok(e)
+}
+
+/// L2 norm of each input channel of `t` (axis 1 for convs, else the last).
+fn channel_norms(t: &Tensor, conv: bool) -> Result<Vec<f64>> {
+    Ok(channel_sq_sums(t, conv)?
+        .into_iter()
+        .map(f64::sqrt)
+        .collect())
 }
 
 /// Column `j` of the SparseGPT matrix (inputs ordered kernel position
