@@ -664,12 +664,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             .with_context(ctx)?;
             let m = o.model.clone();
             sparse = Some(o);
-            let plan = potatura::prune::Plan {
-                version: 1,
-                input_shapes: Vec::new(),
-                blocks: Vec::new(),
-                steps: Vec::new(),
-            };
+            let plan = potatura::prune::Plan::new(&inputs);
             (m, plan, false)
         }
         Some(pp) => {

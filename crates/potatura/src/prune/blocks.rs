@@ -341,13 +341,8 @@ pub fn depth(
     Ok(super::Outcome {
         model: current,
         plan: super::Plan {
-            version: 1,
-            input_shapes: inputs
-                .iter()
-                .map(|i| (i.name.clone(), i.shape.clone()))
-                .collect(),
             blocks: chosen,
-            steps: Vec::new(),
+            ..super::Plan::new(inputs)
         },
         short,
     })

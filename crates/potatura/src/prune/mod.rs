@@ -380,6 +380,21 @@ pub struct Plan {
     pub steps: Vec<Vec<Removal>>,
 }
 
+impl Plan {
+    /// An empty plan for a model analysed at `inputs`.
+    pub fn new(inputs: &[crate::ir::InputShape]) -> Plan {
+        Plan {
+            version: 1,
+            input_shapes: inputs
+                .iter()
+                .map(|i| (i.name.clone(), i.shape.clone()))
+                .collect(),
+            blocks: Vec::new(),
+            steps: Vec::new(),
+        }
+    }
+}
+
 /// The removals of one step, by value name and channel index.
 pub fn removals(dg: &DepGraph, removed: &[usize]) -> Vec<Removal> {
     let mut by_group: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
@@ -498,15 +513,7 @@ pub fn structured(
     opts.select.check()?;
     let steps = opts.steps.max(1);
     let mut current = model.clone();
-    let mut plan = Plan {
-        version: 1,
-        input_shapes: inputs
-            .iter()
-            .map(|i| (i.name.clone(), i.shape.clone()))
-            .collect(),
-        blocks: Vec::new(),
-        steps: Vec::new(),
-    };
+    let mut plan = Plan::new(inputs);
     let first = DepGraph::build(model, inputs)?;
     let (m0, p0) = (first.total_macs as f64, first.total_params as f64);
     let mut short = false;
@@ -604,15 +611,7 @@ pub fn to_latency(
 ) -> Result<Outcome> {
     let (dense, mut table) = measure(model)?;
     let mut current = model.clone();
-    let mut plan = Plan {
-        version: 1,
-        input_shapes: inputs
-            .iter()
-            .map(|i| (i.name.clone(), i.shape.clone()))
-            .collect(),
-        blocks: Vec::new(),
-        steps: Vec::new(),
-    };
+    let mut plan = Plan::new(inputs);
     let mut now = dense;
     let mut short = false;
     for _ in 0..rounds.max(1) {
