@@ -353,8 +353,15 @@ pub fn sparsify(
         ));
     }
     let ls = layers(model, inputs)?;
+    // Up-front activation norms only serve the global and OWL allocations:
+    // wanda's and sparsegpt's masks come from the calibration pass below.
     let norms = match calib {
-        Some(d) if needs_data => input_norms(model, &ls, d, opts.calib_batch)?,
+        Some(d)
+            if opts.method == Method::Wanda
+                && matches!(opts.allocation, Allocation::Global | Allocation::Owl) =>
+        {
+            input_norms(model, &ls, d, opts.calib_batch)?
+        }
         _ => HashMap::new(),
     };
     // Scores per layer (same layout as the weight).
