@@ -158,12 +158,19 @@ struct PruneArgs {
     #[arg(long, default_value_t = 32, value_name = "N")]
     min_inputs: usize,
     /// SparseGPT: dampening added to the Hessian diagonal, as a fraction
-    /// of its mean.
-    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    /// of its mean (0.2 measured best with the dense-output fit: MiniLM
+    /// with 64 sentences, 0.93 / 0.88 cosine at 50% / 2:4 against 0.89 /
+    /// 0.83 at 0.01; the MNIST CNN does not care).
+    #[arg(long, default_value_t = 0.2, value_name = "F")]
     damp: f64,
     /// SparseGPT: columns handled per block.
     #[arg(long, default_value_t = 128, value_name = "N")]
     gpt_block: usize,
+    /// SparseGPT: fit each layer to its own output on the already-pruned
+    /// inputs (the original algorithm) instead of to the dense model's
+    /// output (the default, which measured better).
+    #[arg(long)]
+    gpt_own_target: bool,
     /// SparseGPT: a calibration input that masks padding tokens (e.g.
     /// attention_mask); masked tokens do not count in the statistics.
     #[arg(long, value_name = "INPUT")]
@@ -586,6 +593,7 @@ fn sparse_options(a: &PruneArgs) -> Result<potatura::prune::unstructured::Sparse
         damp: a.damp,
         block: a.gpt_block,
         token_mask: a.calib_mask.clone(),
+        dense_target: !a.gpt_own_target,
     })
 }
 

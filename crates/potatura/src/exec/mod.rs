@@ -32,6 +32,12 @@ struct Step {
 /// inputs; it returns input replacements `(position, tensor)` for that node.
 pub type BeforeNode<'a> = dyn FnMut(usize, &[Option<&Tensor>]) -> Result<Vec<(usize, Tensor)>> + 'a;
 
+/// A hook of [`Executor::run_paired`]: node index, the reference stream's
+/// inputs, the current stream's inputs; returns replacements for the
+/// current stream.
+pub type PairedHook<'a> =
+    dyn FnMut(usize, &[Option<&Tensor>], &[Option<&Tensor>]) -> Result<Vec<(usize, Tensor)>> + 'a;
+
 /// The measured time of one executed node.
 #[derive(Clone, Debug)]
 pub struct StepTime {
@@ -349,13 +355,40 @@ impl Executor {
             .collect())
     }
 
-    fn run_inner(
+    /// Runs two streams through the graph in lockstep: the model as it is
+    /// (`reference`) and a copy whose node inputs the hook may replace
+    /// (`current`). `before(node, reference inputs, current inputs)` returns
+    /// replacements for the current stream only. One-shot pruning uses it to
+    /// see, at every layer, both the dense input and the input produced by
+    /// the layers already pruned. Returns the current stream's outputs.
+    pub fn run_paired(
         &self,
         feeds: Vec<(String, Tensor)>,
-        observe: &mut dyn FnMut(&str, &Tensor),
-        mut timing: Option<&mut Vec<Duration>>,
-        mut before: Option<&mut BeforeNode<'_>>,
+        before: &mut PairedHook<'_>,
     ) -> Result<Vec<(String, Tensor)>> {
+        let mut reference = self.feed(feeds)?;
+        let mut current = reference.clone();
+        for st in &self.steps {
+            let r_args = self.args(st, &reference);
+            let c_args = self.args(st, &current);
+            let replaced = before(st.node, &r_args, &c_args)?;
+            let c_args = with_replaced(c_args, &replaced);
+            let r_out = self.eval_step(st, &r_args)?;
+            let c_out = self.eval_step(st, &c_args)?;
+            for ((o, r), c) in st.outputs.iter().zip(r_out).zip(c_out) {
+                reference[*o] = Some(Arc::new(r));
+                current[*o] = Some(Arc::new(c));
+            }
+            for s in &st.frees {
+                reference[*s] = None;
+                current[*s] = None;
+            }
+        }
+        self.collect(current)
+    }
+
+    /// The value slots filled with the feeds, checked against the inputs.
+    fn feed(&self, feeds: Vec<(String, Tensor)>) -> Result<Vec<Option<Arc<Tensor>>>> {
         let mut vals: Vec<Option<Arc<Tensor>>> = vec![None; self.n_slots];
         for (name, t) in feeds {
             let spec = self
@@ -381,62 +414,47 @@ impl Executor {
                 detail: "no data given for this input".into(),
             });
         }
-        for (si, st) in self.steps.iter().enumerate() {
-            let start = timing.as_ref().map(|_| Instant::now());
-            let args: Vec<Option<&Tensor>> = st
-                .inputs
-                .iter()
-                .map(|s| s.map(|s| vals[s].as_deref().or(self.consts[s].as_deref())))
-                .map(|o| o.flatten())
-                .collect();
-            let replaced = match before.as_deref_mut() {
-                Some(hook) => hook(st.node, &args)?,
-                None => Vec::new(),
-            };
-            let args: Vec<Option<&Tensor>> = if replaced.is_empty() {
-                args
-            } else {
-                let mut a = args;
-                for (i, t) in &replaced {
-                    if let Some(slot) = a.get_mut(*i) {
-                        *slot = Some(t);
-                    }
-                }
-                a
-            };
-            let res = st.op.eval(&args).map_err(|e| match e {
-                Error::Usage(msg) => {
-                    let shapes: Vec<String> = args.iter().map(|t| describe(*t)).collect();
-                    Error::op(
-                        &st.label,
-                        &st.op_type,
-                        format!("{msg} (inputs: {})", shapes.join(", ")),
-                    )
-                }
-                other => other,
-            })?;
-            if res.len() < st.outputs.len() {
-                return Err(Error::op(
+        Ok(vals)
+    }
+
+    /// The inputs of step `st` from `vals` (or the constants).
+    fn args<'v>(&'v self, st: &Step, vals: &'v [Option<Arc<Tensor>>]) -> Vec<Option<&'v Tensor>> {
+        st.inputs
+            .iter()
+            .map(|s| s.map(|s| vals[s].as_deref().or(self.consts[s].as_deref())))
+            .map(|o| o.flatten())
+            .collect()
+    }
+
+    /// Evaluates one step, naming the node in errors.
+    fn eval_step(&self, st: &Step, args: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        let res = st.op.eval(args).map_err(|e| match e {
+            Error::Usage(msg) => {
+                let shapes: Vec<String> = args.iter().map(|t| describe(*t)).collect();
+                Error::op(
                     &st.label,
                     &st.op_type,
-                    format!(
-                        "produced {} outputs, expected {}",
-                        res.len(),
-                        st.outputs.len()
-                    ),
-                ));
+                    format!("{msg} (inputs: {})", shapes.join(", ")),
+                )
             }
-            for ((o, name), t) in st.outputs.iter().zip(&st.out_names).zip(res) {
-                observe(name, &t);
-                vals[*o] = Some(Arc::new(t));
-            }
-            for s in &st.frees {
-                vals[*s] = None;
-            }
-            if let (Some(t), Some(start)) = (timing.as_deref_mut(), start) {
-                t[si] = start.elapsed();
-            }
+            other => other,
+        })?;
+        if res.len() < st.outputs.len() {
+            return Err(Error::op(
+                &st.label,
+                &st.op_type,
+                format!(
+                    "produced {} outputs, expected {}",
+                    res.len(),
+                    st.outputs.len()
+                ),
+            ));
         }
+        Ok(res)
+    }
+
+    /// The graph outputs from the final value slots.
+    fn collect(&self, vals: Vec<Option<Arc<Tensor>>>) -> Result<Vec<(String, Tensor)>> {
         self.outputs
             .iter()
             .map(|(name, s)| {
@@ -454,6 +472,49 @@ impl Executor {
             })
             .collect()
     }
+
+    fn run_inner(
+        &self,
+        feeds: Vec<(String, Tensor)>,
+        observe: &mut dyn FnMut(&str, &Tensor),
+        mut timing: Option<&mut Vec<Duration>>,
+        mut before: Option<&mut BeforeNode<'_>>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let mut vals = self.feed(feeds)?;
+        for (si, st) in self.steps.iter().enumerate() {
+            let start = timing.as_ref().map(|_| Instant::now());
+            let args = self.args(st, &vals);
+            let replaced = match before.as_deref_mut() {
+                Some(hook) => hook(st.node, &args)?,
+                None => Vec::new(),
+            };
+            let res = self.eval_step(st, &with_replaced(args, &replaced))?;
+            for ((o, name), t) in st.outputs.iter().zip(&st.out_names).zip(res) {
+                observe(name, &t);
+                vals[*o] = Some(Arc::new(t));
+            }
+            for s in &st.frees {
+                vals[*s] = None;
+            }
+            if let (Some(t), Some(start)) = (timing.as_deref_mut(), start) {
+                t[si] = start.elapsed();
+            }
+        }
+        self.collect(vals)
+    }
+}
+
+/// `args` with the hook's replacements `(position, tensor)` put in.
+fn with_replaced<'a>(
+    mut args: Vec<Option<&'a Tensor>>,
+    replaced: &'a [(usize, Tensor)],
+) -> Vec<Option<&'a Tensor>> {
+    for (i, t) in replaced {
+        if let Some(slot) = args.get_mut(*i) {
+            *slot = Some(t);
+        }
+    }
+    args
 }
 
 /// Shape inference result for one node.

@@ -16,6 +16,12 @@ use super::unstructured::Pattern;
 /// Accumulates `H += P Pᵀ` for `P` of `n` features by `cols` samples
 /// (row-major `[n, cols]`).
 pub fn accumulate(h: &mut [f64], p: &[f32], n: usize, cols: usize) {
+    accumulate_cross(h, p, p, n, cols);
+}
+
+/// Accumulates `C += A Bᵀ` for `A`, `B` of `n` features by `cols` samples
+/// (row-major `[n, cols]`).
+pub fn accumulate_cross(c: &mut [f64], a: &[f32], b: &[f32], n: usize, cols: usize) {
     if cols == 0 {
         return;
     }
@@ -25,9 +31,9 @@ pub fn accumulate(h: &mut [f64], p: &[f32], n: usize, cols: usize) {
         n,
         cols,
         1.0,
-        MatRef::row_major(p, cols),
+        MatRef::row_major(a, cols),
         MatRef {
-            data: p,
+            data: b,
             rs: 1,
             cs: cols,
         },
@@ -36,9 +42,54 @@ pub fn accumulate(h: &mut [f64], p: &[f32], n: usize, cols: usize) {
         n,
         true,
     );
-    for (a, b) in h.iter_mut().zip(&tmp) {
-        *a += *b as f64;
+    for (x, y) in c.iter_mut().zip(&tmp) {
+        *x += *y as f64;
     }
+}
+
+/// Moves `w` (`rows x n`) to the least-squares fit of the dense layer's
+/// output from the inputs the pruned model produces: with `H = Xp Xpᵀ` and
+/// `C = Xd Xpᵀ` (`Xd` the dense model's input to this layer, `Xp` the
+/// pruned model's), `w ← w + w (C − H)(H + λI)⁻¹`, which minimises
+/// `‖w Xd − w' Xp‖²`. Pruning the result with [`prune`] on the same `H`
+/// then minimises the error against the *dense* output, not against this
+/// layer's own output on already-perturbed inputs (the residual of the fit
+/// is orthogonal to every `w' Xp`). When `Xd = Xp`, `w` is unchanged.
+pub fn correct(
+    w: &mut [f32],
+    rows: usize,
+    n: usize,
+    h: &[f64],
+    c: &[f64],
+    damp: f64,
+) -> Result<()> {
+    use faer::linalg::solvers::Solve;
+    assert_eq!(w.len(), rows * n);
+    let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    let a = Mat::<f64>::from_fn(n, n, |i, j| {
+        let d = if i == j {
+            damp * mean_diag + if h[i * n + i] == 0.0 { 1.0 } else { 0.0 }
+        } else {
+            0.0
+        };
+        h[i * n + j] + d
+    });
+    let m = Mat::<f64>::from_fn(n, n, |i, j| c[i * n + j] - h[i * n + j]);
+    let wm = Mat::<f64>::from_fn(rows, n, |r, j| w[r * n + j] as f64);
+    // Y = W M; then X with X A = Y, i.e. A Xᵀ = Yᵀ (A symmetric).
+    let y = &wm * &m;
+    let llt = a.llt(Side::Lower).map_err(|e| {
+        Error::Usage(format!(
+            "SparseGPT: the calibration Hessian is not positive definite ({e:?}); raise the dampening"
+        ))
+    })?;
+    let xt = llt.solve(y.transpose().to_owned());
+    for r in 0..rows {
+        for j in 0..n {
+            w[r * n + j] += xt[(j, r)] as f32;
+        }
+    }
+    Ok(())
 }
 
 /// Prunes `w` (`rows x n`, row-major, columns in the order N:M groups
@@ -318,5 +369,59 @@ mod tests {
         for (a, b) in w.iter().zip(&w0) {
             assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn correction_fits_the_dense_output_from_perturbed_inputs() {
+        let (rows, n, samples) = (8, 32, 256);
+        let (w0, xd) = data(rows, n, samples, 5);
+        // The pruned model's input: the dense one, perturbed.
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.next()).collect();
+        let mut h = vec![0.0; n * n];
+        accumulate(&mut h, &xp, n, samples);
+        let mut c = vec![0.0; n * n];
+        accumulate_cross(&mut c, &xd, &xp, n, samples);
+        // ‖W Xd − W' Xp‖² for the error against the dense output.
+        let err = |w: &[f32]| {
+            let mut e = 0.0f64;
+            for r in 0..rows {
+                for s in 0..samples {
+                    let (mut a, mut b) = (0.0f64, 0.0f64);
+                    for f in 0..n {
+                        a += w0[r * n + f] as f64 * xd[f * samples + s] as f64;
+                        b += w[r * n + f] as f64 * xp[f * samples + s] as f64;
+                    }
+                    e += (a - b).powi(2);
+                }
+            }
+            e
+        };
+        let mut fit = w0.clone();
+        correct(&mut fit, rows, n, &h, &c, 1e-6).unwrap();
+        assert!(err(&fit) < 0.5 * err(&w0), "{} vs {}", err(&fit), err(&w0));
+        // And after pruning both at 50%, the corrected weights stay closer.
+        let mut plain = w0.clone();
+        let run = |w: &mut Vec<f32>| {
+            prune(
+                w,
+                rows,
+                n,
+                h.clone(),
+                Pattern::Unstructured,
+                0.5,
+                true,
+                0.01,
+                8,
+            )
+            .unwrap()
+        };
+        run(&mut plain);
+        run(&mut fit);
+        assert!(err(&fit) < err(&plain), "{} vs {}", err(&fit), err(&plain));
+        // Identical inputs: nothing to correct.
+        let mut same = w0.clone();
+        correct(&mut same, rows, n, &h, &h, 0.1).unwrap();
+        assert_eq!(same, w0);
     }
 }

@@ -106,6 +106,11 @@ pub struct SparseOptions {
     /// BERT `attention_mask`): tokens where it is 0 (padding) are left out
     /// of the statistics of layers whose input is `[batch, seq, features]`.
     pub token_mask: Option<String>,
+    /// SparseGPT: fit each layer to the *dense* model's output from the
+    /// inputs the already-pruned layers produce (see
+    /// [`super::sparsegpt::correct`]), instead of to its own output on
+    /// those inputs.
+    pub dense_target: bool,
 }
 
 /// A weight seen as rows x (input channels x kernel positions).
@@ -485,7 +490,7 @@ pub fn sparsify(
             None => None,
         };
         // Prunes layer `i` given its input over the whole calibration set.
-        let process = |i: usize, x: &Tensor| -> Result<Tensor> {
+        let process = |i: usize, x: &Tensor, dense_x: Option<&Tensor>| -> Result<Tensor> {
             let l = &ls[i];
             let mut w = l.w.clone();
             // The mask applies to [batch, seq, features] inputs.
@@ -493,7 +498,8 @@ pub fn sparsify(
                 x.rank() == 3 && x.shape()[0] * x.shape()[1] == m.len() && !l.op.starts_with("Conv")
             });
             if opts.method == Method::SparseGpt {
-                sparsegpt_weights(model, l, x, keep_token, opts, per_layer[i], &mut w)?;
+                let dense_x = dense_x.filter(|_| opts.dense_target);
+                sparsegpt_weights(model, l, x, dense_x, keep_token, opts, per_layer[i], &mut w)?;
             } else {
                 let norms = match keep_token {
                     Some(m) => {
@@ -537,21 +543,30 @@ pub fn sparsify(
                 let mut order: Vec<(usize, usize)> =
                     by_node.iter().map(|(&n, &i)| (i, n)).collect();
                 order.sort_unstable();
+                let dense_target = opts.method == Method::SparseGpt && opts.dense_target;
                 for (i, node) in order {
                     let ex = Executor::new(&current)?;
-                    let mut xs: Vec<Tensor> = Vec::new();
-                    for batch in data.batches(b)? {
-                        ex.run_hooked(batch, &mut |n, args| {
-                            if n == node {
-                                if let Some(x) = args.first().copied().flatten() {
-                                    xs.push(x.clone());
+                    let capture = |ex: &Executor| -> Result<Tensor> {
+                        let mut xs: Vec<Tensor> = Vec::new();
+                        for batch in data.batches(b)? {
+                            ex.run_hooked(batch, &mut |n, args| {
+                                if n == node {
+                                    if let Some(x) = args.first().copied().flatten() {
+                                        xs.push(x.clone());
+                                    }
                                 }
-                            }
-                            Ok(Vec::new())
-                        })?;
-                    }
-                    let x = concat0(&xs)?;
-                    let w = process(i, &x)?;
+                                Ok(Vec::new())
+                            })?;
+                        }
+                        concat0(&xs)
+                    };
+                    let x = capture(&ex)?;
+                    let xd = if dense_target {
+                        Some(capture(&exec)?)
+                    } else {
+                        None
+                    };
+                    let w = process(i, &x, xd.as_ref())?;
                     if opts.method == Method::SparseGpt {
                         Rewriter::new(&mut current).set_input(node, 1, w.clone())?;
                     }
@@ -559,14 +574,17 @@ pub fn sparsify(
                 }
             }
             _ => {
-                exec.run_hooked(data.0.clone(), &mut |node, args| {
+                let mut hook = |node: usize,
+                                dense: &[Option<&Tensor>],
+                                args: &[Option<&Tensor>]|
+                 -> Result<Vec<(usize, Tensor)>> {
                     let Some(&i) = by_node.get(&node) else {
                         return Ok(Vec::new());
                     };
                     let x = args.first().copied().flatten().ok_or_else(|| {
                         Error::Usage(format!("layer '{}' has no input", ls[i].label))
                     })?;
-                    let w = process(i, x)?;
+                    let w = process(i, x, dense.first().copied().flatten())?;
                     sequential.insert(i, w.clone());
                     // SparseGPT feeds the pruned layer forward; Wanda scores
                     // every layer on dense activations (measured better:
@@ -577,7 +595,12 @@ pub fn sparsify(
                     } else {
                         Vec::new()
                     })
-                })?;
+                };
+                if opts.method == Method::SparseGpt && opts.dense_target {
+                    exec.run_paired(data.0.clone(), &mut hook)?;
+                } else {
+                    exec.run_hooked(data.0.clone(), &mut |n, a| hook(n, &[], a))?;
+                }
             }
         }
     }
@@ -700,10 +723,12 @@ fn column(v: &View, j: usize) -> (usize, usize) {
 /// Runs SparseGPT on one layer given its input `x` over the whole
 /// calibration set (produced by the layers pruned before it): `H` is
 /// accumulated chunk by chunk, then `w` is pruned and reconstructed.
+#[allow(clippy::too_many_arguments)]
 fn sparsegpt_weights(
     model: &Model,
     l: &Layer,
     x: &Tensor,
+    dense_x: Option<&Tensor>,
     keep_token: Option<&[bool]>,
     opts: &SparseOptions,
     sparsity: f64,
@@ -719,16 +744,18 @@ fn sparsegpt_weights(
     } else {
         None
     };
-    let mut h = vec![0.0f64; n * n];
-    let chunks = if conv.is_some() {
-        crate::eval::batches(x, opts.calib_batch.max(1))?
-    } else {
-        vec![x.clone()]
+    let chunk = |x: &Tensor| -> Result<Vec<Tensor>> {
+        if conv.is_some() {
+            crate::eval::batches(x, opts.calib_batch.max(1))
+        } else {
+            Ok(vec![x.clone()])
+        }
     };
-    for t in &chunks {
+    // The input as `[n features, samples]` (conv patches, or kept tokens).
+    let columns = |t: &Tensor| -> Result<Vec<f32>> {
         let xs = t.f32s()?;
         let sh = t.shape();
-        let p = match &conv {
+        Ok(match &conv {
             Some(c) => patches(c, xs, sh, w.shape(), v)?,
             None => {
                 let k = *sh.last().unwrap_or(&0);
@@ -753,9 +780,23 @@ fn sparsegpt_weights(
                 }
                 p
             }
-        };
+        })
+    };
+    let mut h = vec![0.0f64; n * n];
+    // C = Xd Xpᵀ when the dense input differs from the pruned one.
+    let mut cross = dense_x.filter(|d| *d != x).map(|_| vec![0.0f64; n * n]);
+    let dense_chunks = match (dense_x, &cross) {
+        (Some(d), Some(_)) => chunk(d)?,
+        _ => Vec::new(),
+    };
+    for (ci, t) in chunk(x)?.iter().enumerate() {
+        let p = columns(t)?;
         let cols = p.len() / n.max(1);
         super::sparsegpt::accumulate(&mut h, &p, n, cols);
+        if let (Some(c), Some(d)) = (cross.as_mut(), dense_chunks.get(ci)) {
+            let pd = columns(d)?;
+            super::sparsegpt::accumulate_cross(c, &pd, &p, n, cols);
+        }
     }
     let wv = w.f32s_mut()?;
     let mut m = vec![0.0f32; v.rows * n];
@@ -764,6 +805,9 @@ fn sparsegpt_weights(
             let (c, p) = column(v, j);
             m[r * n + j] = wv[v.index(r, c, p)];
         }
+    }
+    if let Some(c) = &cross {
+        super::sparsegpt::correct(&mut m, v.rows, n, &h, c, opts.damp)?;
     }
     super::sparsegpt::prune(
         &mut m,

@@ -62,12 +62,20 @@ fn param_sizes(model: &Model) -> std::collections::HashMap<&str, u64> {
 }
 
 /// Length of `bytes` gzip-compressed (fast level): how much smaller a
-/// sparse model ships.
+/// sparse model ships. Large files are compressed in 8 MiB pieces on all
+/// cores (as a parallel gzip does; each piece restarts the dictionary,
+/// which costs well under 0.1% of the size).
 pub fn gzip_len(bytes: &[u8]) -> u64 {
+    use rayon::prelude::*;
     use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let _ = e.write_all(bytes);
-    e.finish().map(|v| v.len() as u64).unwrap_or(0)
+    bytes
+        .par_chunks(8 << 20)
+        .map(|piece| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = e.write_all(piece);
+            e.finish().map(|v| v.len() as u64).unwrap_or(0)
+        })
+        .sum()
 }
 
 /// Total parameters: elements of float initializers and `Constant` values.

@@ -25,6 +25,7 @@ fn opts(method: Method, pattern: Pattern, sparsity: f64) -> SparseOptions {
         damp: 0.01,
         block: 128,
         token_mask: None,
+        dense_target: true,
     }
 }
 
@@ -270,6 +271,12 @@ fn sparsegpt_prunes_layer_after_layer_and_keeps_accuracy() {
     let mag = sparsify(&m, &inputs, &mo, None).unwrap();
     let (eg, em) = (err(&out.model), err(&mag.model));
     assert!(eg < 0.5 * em, "sparsegpt {eg} vs magnitude {em}");
+    // Fitting each layer to the dense output beats fitting it to its own
+    // output on the already-pruned inputs (the original SparseGPT).
+    let mut own = o.clone();
+    own.dense_target = false;
+    let eo = err(&sparsify(&m, &inputs, &own, Some(&x)).unwrap().model);
+    assert!(eg < eo, "dense target {eg} vs own target {eo}");
     // No data, no SparseGPT.
     assert!(sparsify(&m, &inputs, &o, None).is_err());
 }
