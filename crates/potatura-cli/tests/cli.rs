@@ -586,3 +586,82 @@ fn prune_zeroes_weights_with_unstructured_methods() {
         assert_fails(&potatura(&full), &[needle]);
     }
 }
+
+#[test]
+fn image_folders_calibrate_and_evaluate_a_batch_one_model() {
+    let dir = tmp("images");
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for k in 0..4u32 {
+        let img = image::RgbImage::from_fn(80 + 10 * k, 60, |x, y| {
+            image::Rgb([
+                (x * 3 + k * 40) as u8,
+                (y * 4) as u8,
+                ((x ^ y) * 2 + k) as u8,
+            ])
+        });
+        img.save(photos.join(format!("p{k}.png"))).unwrap();
+    }
+    let out = dir.join("s.onnx");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&[
+        "prune",
+        p(&fx("mobilenetv2_mini.onnx")),
+        "-o",
+        p(&out),
+        "--method",
+        "sparsegpt",
+        "--pattern",
+        "2:4",
+        "--calib",
+        p(&photos),
+        "--calib-samples",
+        "12",
+        "--preprocess",
+        "imagenet",
+        "--eval-data",
+        p(&photos),
+        "--eval-samples",
+        "16",
+        "--latency-seconds",
+        "0",
+        "--json",
+    ])))
+    .unwrap();
+    // Every layer wide enough is 2:4; narrow and depthwise ones stay dense.
+    assert!(json["sparsity"].as_f64().unwrap() > 0.2, "{json}");
+    let layers = json["sparse_layers"].as_array().unwrap();
+    assert!(layers
+        .iter()
+        .all(|l| l["sparsity"] == 0.5 || l["dense_reason"].is_string()));
+    assert!(json["after"]["agreement"].as_f64().is_some(), "{json}");
+    let text = stdout(&potatura(&[
+        "eval",
+        p(&out),
+        "--data",
+        p(&photos),
+        "--preprocess",
+        "imagenet",
+        "--samples",
+        "8",
+        "--reference",
+        p(&fx("mobilenetv2_mini.onnx")),
+    ]));
+    assert!(text.contains("8 samples"), "{text}");
+    assert!(text.contains("top-1 agreement"), "{text}");
+    // A folder without images, and a model input that is not an image.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_fails(
+        &potatura(&["eval", p(&out), "--data", p(&empty)]),
+        &["empty", "no .png"],
+    );
+    assert_fails(
+        &potatura(&[
+            "eval",
+            p(&fx("transformer_mini.onnx")),
+            "--data",
+            p(&photos),
+        ]),
+        &["photos", "4-D input"],
+    );
+}

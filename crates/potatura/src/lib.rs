@@ -17,5 +17,6 @@ pub mod onnx;
 pub mod ops;
 pub mod prune;
 pub mod report;
+pub mod rng;
 
 pub use error::{Error, Result};

@@ -517,6 +517,63 @@ fn with_replaced<'a>(
     args
 }
 
+/// A copy of `model` whose inputs fixed at batch 1 (as many exports are)
+/// take any batch, when the graph really is batch-agnostic. Checked on
+/// `probe` (the first two samples): the relaxed model run on both at once
+/// must give, sample by sample, what the model gives on each alone
+/// (within 1e-4 relative). `None` when nothing is fixed at 1, when a
+/// reshape bakes the batch in, or when the outputs differ. Calibration and
+/// training use it to batch a batch-1 model.
+pub fn relax_batch(model: &Model, probe: &crate::data::Feeds) -> Option<Model> {
+    let one = |d: &Option<Vec<Dim>>| matches!(d.as_deref(), Some([Dim::Known(1), ..]));
+    let g = &model.graph;
+    let inits = g.initializer_names();
+    let real: Vec<usize> = (0..g.inputs.len())
+        .filter(|&i| !inits.contains(g.inputs[i].name.as_str()))
+        .collect();
+    if probe.samples() < 2 || !real.iter().all(|&i| one(&g.inputs[i].shape)) {
+        return None;
+    }
+    let mut relaxed = model.clone();
+    for &i in &real {
+        if let Some(d) = relaxed.graph.inputs[i].shape.as_mut() {
+            d[0] = Dim::Sym("batch".into());
+        }
+    }
+    for o in relaxed.graph.outputs.iter_mut() {
+        if let Some(d) = o
+            .shape
+            .as_mut()
+            .filter(|d| matches!(d.first(), Some(Dim::Known(1))))
+        {
+            d[0] = Dim::Sym("batch".into());
+        }
+    }
+    relaxed.graph.value_info.clear();
+    let two = probe.take(2).ok()?;
+    let both = Executor::new(&relaxed).ok()?.run(two.0.clone()).ok()?;
+    let exec = Executor::new(model).ok()?;
+    for (s, batch) in two.batches(1).ok()?.into_iter().enumerate() {
+        let alone = exec.run(batch).ok()?;
+        for ((_, a), (_, b)) in alone.iter().zip(&both) {
+            let (av, bv) = (a.to_f64_vec(), b.to_f64_vec());
+            if b.shape().first() != Some(&2) || bv.len() != 2 * av.len() {
+                return None;
+            }
+            let part = &bv[s * av.len()..(s + 1) * av.len()];
+            let scale = av.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+            if av
+                .iter()
+                .zip(part)
+                .any(|(x, y)| (x - y).abs() > 1e-4 * scale)
+            {
+                return None;
+            }
+        }
+    }
+    Some(relaxed)
+}
+
 /// Shape inference result for one node.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {

@@ -116,21 +116,6 @@ impl ActStats {
     }
 }
 
-/// Deterministic pseudo-random numbers in [0, 1) (xorshift64*).
-pub(crate) struct SplitRng(u64);
-
-impl SplitRng {
-    pub(crate) fn new(seed: u64) -> SplitRng {
-        SplitRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub(crate) fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Per-index statistics of a weight along one axis.
 fn slices(t: &Tensor, axis: usize) -> Option<Vec<Vec<f32>>> {
     let x = t.f32s().ok()?;
@@ -202,7 +187,7 @@ pub fn class_scores(
     let n_cls = dg.classes.len();
     match criterion {
         Criterion::Random => {
-            let mut rng = SplitRng::new(seed);
+            let mut rng = crate::rng::Rng::new(seed);
             return Ok((0..n_cls).map(|_| rng.next_f64()).collect());
         }
         Criterion::Taylor => {

@@ -314,3 +314,39 @@ fn token_masks_leave_padding_out_of_the_statistics() {
         assert!(err.to_string().contains("no_such_input"), "{err}");
     }
 }
+
+#[test]
+fn batch_one_exports_are_calibrated_in_one_batched_pass() {
+    // mobilenetv2_mini is exported with its batch fixed at 1.
+    let m = potatura::onnx::load(&fixtures().join("mobilenetv2_mini.onnx")).unwrap();
+    let inputs = resolve_input_shapes(&m, &[]).unwrap();
+    let mut rng = potatura::rng::Rng::new(4);
+    let x = Tensor::from_f32(
+        vec![6, 3, 64, 64],
+        (0..6 * 3 * 64 * 64).map(|_| rng.normal() as f32).collect(),
+    );
+    let data = Feeds::new(vec![("input".into(), x)]).unwrap();
+    let relaxed = potatura::exec::relax_batch(&m, &data).expect("batch-agnostic graph");
+    let out = potatura::exec::Executor::new(&relaxed)
+        .unwrap()
+        .run(data.0.clone())
+        .unwrap();
+    assert_eq!(out[0].1.shape()[0], 6);
+    // One sample is not enough to check; a dynamic batch needs nothing.
+    assert!(potatura::exec::relax_batch(&m, &data.take(1).unwrap()).is_none());
+    let (mn, mx) = mnist();
+    assert!(potatura::exec::relax_batch(&mn, &mx).is_none());
+    // SparseGPT through the relaxed graph prunes 2:4 and stays close.
+    let o = opts(Method::SparseGpt, Pattern::NM { n: 2, m: 4 }, 0.0);
+    let sp = sparsify(&m, &inputs, &o, Some(&data)).unwrap();
+    assert!(sp.total_sparsity > 0.3, "{}", sp.total_sparsity);
+    let ex = potatura::exec::Executor::new(&sp.model).unwrap();
+    let dense = potatura::exec::Executor::new(&m).unwrap();
+    let one = data.take(1).unwrap();
+    let (a, b) = (
+        ex.run(one.0.clone()).unwrap(),
+        dense.run(one.0.clone()).unwrap(),
+    );
+    let err = rel_max_err(a[0].1.f32s().unwrap(), b[0].1.f32s().unwrap());
+    assert!(err < 0.5, "relative error {err}");
+}
