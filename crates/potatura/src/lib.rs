@@ -18,5 +18,6 @@ pub mod ops;
 pub mod prune;
 pub mod report;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -15,14 +15,14 @@ use crate::ops::{self, Fact, Op};
 
 /// One planned node.
 #[derive(Debug)]
-struct Step {
+pub(crate) struct Step {
     /// Index of the node in the graph.
-    node: usize,
-    label: String,
-    op_type: String,
-    op: Box<dyn Op>,
-    inputs: Vec<Option<usize>>,
-    outputs: Vec<usize>,
+    pub(crate) node: usize,
+    pub(crate) label: String,
+    pub(crate) op_type: String,
+    pub(crate) op: Box<dyn Op>,
+    pub(crate) inputs: Vec<Option<usize>>,
+    pub(crate) outputs: Vec<usize>,
     out_names: Vec<String>,
     /// Slots whose last reader is this step.
     frees: Vec<usize>,
@@ -237,6 +237,36 @@ impl Executor {
             outputs,
             n_slots,
         })
+    }
+
+    /// The planned steps, in execution order (for training).
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Constant values by slot (initializers and folded nodes).
+    pub(crate) fn consts(&self) -> &[Option<Arc<Tensor>>] {
+        &self.consts
+    }
+
+    /// Number of value slots.
+    pub(crate) fn n_slots(&self) -> usize {
+        self.n_slots
+    }
+
+    /// Slot of a graph input.
+    pub(crate) fn input_slot(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().find(|s| s.name == name).map(|s| s.slot)
+    }
+
+    /// Slots of the graph outputs, in order.
+    pub(crate) fn output_slots(&self) -> Vec<usize> {
+        self.outputs.iter().map(|(_, s)| *s).collect()
+    }
+
+    /// Evaluates step `st` on `args`, naming the node in errors.
+    pub(crate) fn eval_one(&self, st: &Step, args: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+        self.eval_step(st, args)
     }
 
     /// The inputs to feed.

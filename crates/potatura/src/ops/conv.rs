@@ -1596,6 +1596,79 @@ pub fn conv_transpose_forward(
     out
 }
 
+/// Gradient of a convolution's input: the transposed convolution of the
+/// output gradient `dy` (`[N, C_out, out_sp...]`) with the same weight
+/// `w` (`[C_out, C_in / group, k...]`, which is the transposed conv's
+/// weight layout). Returns `[N, C_in, in_sp...]`.
+pub fn conv_input_grad(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32> {
+    let t = ConvGeom {
+        n: geom.n,
+        c_in: geom.c_out,
+        c_out: geom.c_in,
+        group: geom.group,
+        in_sp: geom.out_sp.clone(),
+        out_sp: geom.in_sp.clone(),
+        kernel: geom.kernel.clone(),
+        strides: geom.strides.clone(),
+        dilations: geom.dilations.clone(),
+        pads_begin: geom.pads_begin.clone(),
+        pads_end: geom.pads_end.clone(),
+    };
+    conv_transpose_forward(dy, w, None, &t)
+}
+
+/// Gradient of a convolution's weight: for every image and group,
+/// `dW_g += dY_g · im2col(X_g)ᵀ`, images in parallel. Returns
+/// `[C_out, C_in / group, k...]`.
+pub fn conv_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
+    let g = geom.g3();
+    let (pin, p, ks) = (geom.in_len(), geom.out_len(), geom.k_len());
+    let cg = geom.c_in / geom.group;
+    let cog = geom.c_out / geom.group;
+    let wlen = geom.c_out * cg * ks;
+    let rows = g.o[0] * g.o[1];
+    let pointwise = geom.is_pointwise();
+    let image = |img: usize| -> Vec<f32> {
+        let mut dw = vec![0.0f32; wlen];
+        let mut col = if pointwise {
+            Vec::new()
+        } else {
+            vec![0.0f32; cg * ks * p]
+        };
+        for grp in 0..geom.group {
+            let xg = &x[(img * geom.c_in + grp * cg) * pin..][..cg * pin];
+            let dyg = &dy[(img * geom.c_out + grp * cog) * p..][..cog * p];
+            let cols: &[f32] = if pointwise {
+                xg
+            } else {
+                im2col(xg, cg, &g, 0..rows, &mut col, false);
+                &col
+            };
+            // dW_g [cog x cg*ks] += dY_g [cog x p] · colᵀ [p x cg*ks]
+            sgemm(
+                cog,
+                cg * ks,
+                p,
+                1.0,
+                MatRef::row_major(dyg, p),
+                MatRef::transposed(cols, p),
+                true,
+                &mut dw[grp * cog * cg * ks..][..cog * cg * ks],
+                cg * ks,
+                false,
+            );
+        }
+        dw
+    };
+    (0..geom.n).into_par_iter().map(image).reduce(
+        || vec![0.0f32; wlen],
+        |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        },
+    )
+}
+
 fn conv_transpose_macs(geom: &ConvGeom) -> u64 {
     let cog = geom.c_out / geom.group.max(1);
     [geom.n, geom.c_in, geom.in_len(), cog, geom.k_len()]

@@ -1,0 +1,854 @@
+//! Training through the ONNX graph: a forward pass on the executor's own
+//! op implementations that keeps every value (a tape), backward rules per
+//! op ([`grad`]), losses ([`loss`]) and optimizers ([`optim`]).
+//!
+//! Trainable parameters are the float initializers that feed weights,
+//! biases and norm scales (Conv, Gemm, MatMul, BatchNormalization,
+//! LayerNormalization, and non-scalar operands of Add/Sub/Mul/Div). For
+//! training they become graph inputs of a copy of the model, so the
+//! executor does not fold what depends on them. BatchNormalization runs in
+//! training mode (batch statistics; running statistics updated) and
+//! Dropout is active. Weights with exact zeros (pruned) are masked: the
+//! zeros are put back after every step and their optimizer state cleared.
+
+pub mod grad;
+pub mod loss;
+pub mod optim;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Feeds;
+use crate::error::{Error, Result};
+use crate::exec::Executor;
+use crate::ir::{DType, Dim, Model, Tensor, ValueInfo};
+use crate::rng::Rng;
+
+use optim::{OptimKind, Optimizer, Schedule};
+
+/// One trainable tensor.
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// Initializer name.
+    pub name: String,
+    /// Current value.
+    pub value: Tensor,
+    /// Entries that may be non-zero (`None`: all); pruned weights stay 0.
+    pub mask: Option<Vec<bool>>,
+    /// Weight decay applies (rank 2 or more: weights, not biases or norms).
+    pub decay: bool,
+    slot: usize,
+}
+
+/// Running statistics of one BatchNormalization node.
+#[derive(Clone, Debug)]
+struct BnState {
+    eps: f32,
+    momentum: f32,
+    mean_name: String,
+    var_name: String,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    /// Batches averaged so far in recalibration mode.
+    seen: usize,
+}
+
+/// A model prepared for training.
+#[derive(Debug)]
+pub struct Trainable {
+    base: Model,
+    graph: Model,
+    exec: Executor,
+    /// The trainable parameters.
+    pub params: Vec<Param>,
+    /// BatchNormalization state by step index.
+    bn: HashMap<usize, BnState>,
+}
+
+/// What the forward pass kept for the backward pass.
+struct Tape {
+    vals: Vec<Option<Arc<Tensor>>>,
+    /// BatchNormalization: normalised input and 1/std per channel.
+    bn: HashMap<usize, (Vec<f32>, Vec<f32>)>,
+    /// Dropout: scaled keep mask.
+    dropout: HashMap<usize, Vec<f32>>,
+}
+
+/// How BatchNormalization behaves in a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BnMode {
+    /// Running statistics (inference).
+    Eval,
+    /// Batch statistics; running statistics move by the momentum.
+    Train,
+    /// Batch statistics; running statistics become the average over all
+    /// batches seen (recalibration).
+    Average,
+}
+
+/// Input positions of a node that may hold trainable parameters.
+fn trainable_positions(op: &str) -> &'static [usize] {
+    match op {
+        "Conv" | "Gemm" => &[0, 1, 2],
+        "MatMul" | "Add" | "Sub" | "Mul" | "Div" => &[0, 1],
+        "BatchNormalization" | "LayerNormalization" => &[1, 2],
+        _ => &[],
+    }
+}
+
+impl Trainable {
+    /// Prepares `model` for training. A model exported with its batch fixed
+    /// at 1 should be passed through [`crate::exec::relax_batch`] first;
+    /// [`Trainable::to_model`] writes into `base` in any case.
+    pub fn new(model: &Model, base: &Model) -> Result<Trainable> {
+        let g = &model.graph;
+        let mut names: Vec<String> = Vec::new();
+        for n in &g.nodes {
+            for &i in trainable_positions(&n.op_type) {
+                let Some(name) = n.input(i).filter(|s| !s.is_empty()) else {
+                    continue;
+                };
+                let Some(t) = g.initializer(name) else {
+                    continue;
+                };
+                if t.dtype() == DType::F32 && t.numel() > 1 && !names.iter().any(|x| x == name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        // Parameters become graph inputs of a copy.
+        let mut graph = model.clone();
+        let mut values = Vec::new();
+        for name in &names {
+            let ct = graph
+                .graph
+                .initializer(name)
+                .expect("found above")
+                .to_tensor()?;
+            graph.graph.inputs.push(ValueInfo::new(
+                name,
+                DType::F32,
+                ct.shape().iter().map(|&d| Dim::Known(d)).collect(),
+            ));
+            values.push(ct);
+        }
+        graph
+            .graph
+            .initializers
+            .retain(|t| !names.contains(&t.name));
+        let exec = Executor::new(&graph)?;
+        // Weights (input 1 of Conv/Gemm/MatMul) with exact zeros are masked.
+        let weight_names: Vec<&str> = g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"))
+            .filter_map(|n| n.input(1))
+            .collect();
+        let params = names
+            .iter()
+            .zip(values)
+            .map(|(name, value)| {
+                let slot = exec.input_slot(name).expect("declared above");
+                let v = value.f32s()?;
+                let mask = (weight_names.contains(&name.as_str()) && v.contains(&0.0))
+                    .then(|| v.iter().map(|&x| x != 0.0).collect());
+                Ok(Param {
+                    name: name.clone(),
+                    decay: value.rank() >= 2,
+                    value,
+                    mask,
+                    slot,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut bn = HashMap::new();
+        for (si, st) in exec.steps().iter().enumerate() {
+            if st.op_type != "BatchNormalization" {
+                continue;
+            }
+            let node = &graph.graph.nodes[st.node];
+            let get = |i: usize| -> Result<(String, Vec<f32>)> {
+                let name = node.input(i).unwrap_or_default().to_string();
+                let t = graph
+                    .graph
+                    .const_tensor(&name)
+                    .ok_or_else(|| {
+                        Error::op(
+                            &node.label(),
+                            "BatchNormalization",
+                            format!("running statistic '{name}' is not a constant"),
+                        )
+                    })?
+                    .to_tensor()?;
+                Ok((name, t.f32s()?.to_vec()))
+            };
+            let (mean_name, mean) = get(3)?;
+            let (var_name, var) = get(4)?;
+            bn.insert(
+                si,
+                BnState {
+                    eps: node.attr_float("epsilon", 1e-5)?,
+                    momentum: node.attr_float("momentum", 0.9)?,
+                    mean_name,
+                    var_name,
+                    mean,
+                    var,
+                    seen: 0,
+                },
+            );
+        }
+        Ok(Trainable {
+            base: base.clone(),
+            graph,
+            exec,
+            params,
+            bn,
+        })
+    }
+
+    /// Sparsity of the masked weights: (zeros, elements) over all params.
+    pub fn zeros(&self) -> (usize, usize) {
+        self.params.iter().fold((0, 0), |(z, n), p| {
+            let v = p.value.f32s().unwrap_or(&[]);
+            (z + v.iter().filter(|&&x| x == 0.0).count(), n + v.len())
+        })
+    }
+
+    /// Forward pass; returns the graph outputs and the tape.
+    fn forward(
+        &mut self,
+        feeds: &[(String, Tensor)],
+        mode: BnMode,
+        rng: &mut Rng,
+    ) -> Result<(Vec<Tensor>, Tape)> {
+        let mut vals: Vec<Option<Arc<Tensor>>> = vec![None; self.exec.n_slots()];
+        for (name, t) in feeds {
+            let slot = self.exec.input_slot(name).ok_or_else(|| Error::Input {
+                name: name.clone(),
+                detail: "the model has no input of that name".into(),
+            })?;
+            vals[slot] = Some(Arc::new(t.clone()));
+        }
+        for p in &self.params {
+            vals[p.slot] = Some(Arc::new(p.value.clone()));
+        }
+        let mut tape_bn = HashMap::new();
+        let mut tape_drop = HashMap::new();
+        let consts = self.exec.consts();
+        for (si, st) in self.exec.steps().iter().enumerate() {
+            let args: Vec<Option<&Tensor>> = st
+                .inputs
+                .iter()
+                .map(|s| s.and_then(|s| vals[s].as_deref().or(consts[s].as_deref())))
+                .collect();
+            let res = match st.op_type.as_str() {
+                "BatchNormalization" if mode != BnMode::Eval => {
+                    let state = self.bn.get_mut(&si).expect("every BN has state");
+                    let (y, xhat, invstd) = bn_train(&args, state, mode).map_err(|e| match e {
+                        Error::Usage(m) => Error::op(&st.label, &st.op_type, m),
+                        o => o,
+                    })?;
+                    tape_bn.insert(si, (xhat, invstd));
+                    vec![y]
+                }
+                "Dropout" if mode == BnMode::Train => {
+                    let x = args[0].ok_or_else(|| Error::op(&st.label, "Dropout", "no input"))?;
+                    let node = &self.graph.graph.nodes[st.node];
+                    let ratio = match args.get(1).copied().flatten() {
+                        Some(r) => r.scalar_f64().unwrap_or(0.5) as f32,
+                        None => node.attr_float("ratio", 0.5)?,
+                    };
+                    let keep = 1.0 - ratio;
+                    let mask: Vec<f32> = (0..x.len())
+                        .map(|_| {
+                            if rng.next_f64() < keep as f64 {
+                                1.0 / keep
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let y: Vec<f32> = x.f32s()?.iter().zip(&mask).map(|(a, m)| a * m).collect();
+                    tape_drop.insert(si, mask);
+                    vec![Tensor::from_f32(x.shape().to_vec(), y)]
+                }
+                _ => self.exec.eval_one(st, &args)?,
+            };
+            for (o, t) in st.outputs.iter().zip(res) {
+                vals[*o] = Some(Arc::new(t));
+            }
+        }
+        let outs = self
+            .exec
+            .output_slots()
+            .iter()
+            .map(|&s| {
+                vals[s]
+                    .as_deref()
+                    .or(consts[s].as_deref())
+                    .cloned()
+                    .ok_or_else(|| Error::Usage("a graph output was not computed".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((
+            outs,
+            Tape {
+                vals,
+                bn: tape_bn,
+                dropout: tape_drop,
+            },
+        ))
+    }
+
+    /// Backward pass from the gradients of the graph outputs; returns one
+    /// gradient per parameter. Fails, naming the tensor, when a parameter
+    /// received none (a path the rules do not cover).
+    fn backward(&self, tape: &Tape, out_grads: Vec<Option<Tensor>>) -> Result<Vec<Vec<f32>>> {
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.exec.n_slots()];
+        for (s, g) in self.exec.output_slots().into_iter().zip(out_grads) {
+            grads[s] = g;
+        }
+        let consts = self.exec.consts();
+        for (si, st) in self.exec.steps().iter().enumerate().rev() {
+            let gout: Vec<Option<&Tensor>> =
+                st.outputs.iter().map(|&o| grads[o].as_ref()).collect();
+            if gout.iter().all(Option::is_none) {
+                continue;
+            }
+            let node = &self.graph.graph.nodes[st.node];
+            let ins: Vec<Option<&Tensor>> = st
+                .inputs
+                .iter()
+                .map(|s| s.and_then(|s| tape.vals[s].as_deref().or(consts[s].as_deref())))
+                .collect();
+            let gin = if let Some((xhat, invstd)) = tape.bn.get(&si) {
+                bn_backward(&ins, gout[0], xhat, invstd)?
+            } else if let Some(mask) = tape.dropout.get(&si) {
+                let dy = gout[0].expect("checked above");
+                let v: Vec<f32> = dy.f32s()?.iter().zip(mask).map(|(d, m)| d * m).collect();
+                vec![Some(Tensor::from_f32(dy.shape().to_vec(), v))]
+            } else {
+                let outs: Vec<&Tensor> = st
+                    .outputs
+                    .iter()
+                    .filter_map(|&o| tape.vals[o].as_deref())
+                    .collect();
+                grad::backward(node, &ins, &outs, &gout)?
+            };
+            for (slot, g) in st.inputs.iter().zip(gin) {
+                let (Some(slot), Some(g)) = (slot, g) else {
+                    continue;
+                };
+                if consts[*slot].is_some() {
+                    continue;
+                }
+                match &mut grads[*slot] {
+                    Some(acc) => {
+                        for (a, b) in acc.f32s_mut()?.iter_mut().zip(g.f32s()?) {
+                            *a += b;
+                        }
+                    }
+                    empty => *empty = Some(g),
+                }
+            }
+        }
+        self.params
+            .iter()
+            .map(|p| match grads[p.slot].take() {
+                Some(g) => Ok(g.f32s()?.to_vec()),
+                None => Err(Error::Usage(format!(
+                    "trainable tensor '{}' received no gradient: no path from it to the loss has backward rules; training supports {}",
+                    p.name,
+                    grad::SUPPORTED.join(", ")
+                ))),
+            })
+            .collect()
+    }
+
+    /// The model with the current parameters and BatchNormalization
+    /// running statistics written into the original (`base`) graph.
+    pub fn to_model(&self) -> Result<Model> {
+        let mut m = self.base.clone();
+        let mut put = |name: &str, t: &Tensor| -> Result<()> {
+            if let Some(ct) = m.graph.initializers.iter_mut().find(|c| c.name == name) {
+                ct.set(t)?;
+            }
+            Ok(())
+        };
+        for p in &self.params {
+            put(&p.name, &p.value)?;
+        }
+        for b in self.bn.values() {
+            let n = b.mean.len();
+            put(&b.mean_name, &Tensor::from_f32(vec![n], b.mean.clone()))?;
+            put(&b.var_name, &Tensor::from_f32(vec![n], b.var.clone()))?;
+        }
+        Ok(m)
+    }
+
+    /// Puts the masked zeros back.
+    fn apply_masks(&mut self) -> Result<()> {
+        for p in &mut self.params {
+            if let Some(mask) = &p.mask {
+                for (v, &k) in p.value.f32s_mut()?.iter_mut().zip(mask) {
+                    if !k {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Training-mode BatchNormalization: normalises by the batch statistics
+/// and moves the running ones. Returns (y, x̂, 1/std per channel).
+fn bn_train(
+    args: &[Option<&Tensor>],
+    st: &mut BnState,
+    mode: BnMode,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let get = |i: usize| {
+        args.get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| Error::Usage(format!("input {i} is missing")))
+    };
+    let x = get(0)?;
+    let (scale, bias) = (get(1)?.f32s()?, get(2)?.f32s()?);
+    let sh = x.shape();
+    let (n, c) = (sh[0], sh[1]);
+    let sp: usize = sh[2..].iter().product();
+    let xv = x.f32s()?;
+    let m = (n * sp) as f64;
+    let mut mean = vec![0.0f64; c];
+    let mut var = vec![0.0f64; c];
+    for b in 0..n {
+        for ch in 0..c {
+            let plane = &xv[(b * c + ch) * sp..][..sp];
+            mean[ch] += plane.iter().map(|&v| v as f64).sum::<f64>();
+        }
+    }
+    mean.iter_mut().for_each(|v| *v /= m);
+    for b in 0..n {
+        for ch in 0..c {
+            let plane = &xv[(b * c + ch) * sp..][..sp];
+            var[ch] += plane
+                .iter()
+                .map(|&v| (v as f64 - mean[ch]).powi(2))
+                .sum::<f64>();
+        }
+    }
+    var.iter_mut().for_each(|v| *v /= m);
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (v + st.eps as f64).sqrt()) as f32)
+        .collect();
+    let mut xhat = vec![0.0f32; xv.len()];
+    let mut y = vec![0.0f32; xv.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            let at = (b * c + ch) * sp;
+            let (mu, is) = (mean[ch] as f32, invstd[ch]);
+            for i in at..at + sp {
+                let h = (xv[i] - mu) * is;
+                xhat[i] = h;
+                y[i] = h * scale[ch] + bias[ch];
+            }
+        }
+    }
+    // Running statistics use the unbiased variance (as PyTorch does).
+    let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+    match mode {
+        BnMode::Train => {
+            let mo = st.momentum;
+            for ch in 0..c {
+                st.mean[ch] = mo * st.mean[ch] + (1.0 - mo) * mean[ch] as f32;
+                st.var[ch] = mo * st.var[ch] + (1.0 - mo) * (var[ch] * unbias) as f32;
+            }
+        }
+        BnMode::Average => {
+            let k = st.seen as f32;
+            for ch in 0..c {
+                st.mean[ch] = (st.mean[ch] * k + mean[ch] as f32) / (k + 1.0);
+                st.var[ch] = (st.var[ch] * k + (var[ch] * unbias) as f32) / (k + 1.0);
+            }
+            st.seen += 1;
+        }
+        BnMode::Eval => {}
+    }
+    Ok((Tensor::from_f32(sh.to_vec(), y), xhat, invstd))
+}
+
+/// Gradients of training-mode BatchNormalization's x, scale and bias.
+fn bn_backward(
+    ins: &[Option<&Tensor>],
+    dy: Option<&Tensor>,
+    xhat: &[f32],
+    invstd: &[f32],
+) -> Result<Vec<Option<Tensor>>> {
+    let (Some(x), Some(scale), Some(dy)) = (ins[0], ins[1], dy) else {
+        return Ok(vec![None; ins.len()]);
+    };
+    let sh = x.shape();
+    let (n, c) = (sh[0], sh[1]);
+    let sp: usize = sh[2..].iter().product();
+    let (dyv, gamma) = (dy.f32s()?, scale.f32s()?);
+    let mut dgamma = vec![0.0f64; c];
+    let mut dbeta = vec![0.0f64; c];
+    for b in 0..n {
+        for ch in 0..c {
+            let at = (b * c + ch) * sp;
+            for i in at..at + sp {
+                dbeta[ch] += dyv[i] as f64;
+                dgamma[ch] += (dyv[i] * xhat[i]) as f64;
+            }
+        }
+    }
+    let m = (n * sp) as f32;
+    let mut dx = vec![0.0f32; dyv.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            let at = (b * c + ch) * sp;
+            let k = gamma[ch] * invstd[ch] / m;
+            let (db, dg) = (dbeta[ch] as f32, dgamma[ch] as f32);
+            for i in at..at + sp {
+                dx[i] = k * (m * dyv[i] - db - xhat[i] * dg);
+            }
+        }
+    }
+    let mut g = vec![None; ins.len()];
+    g[0] = Some(Tensor::from_f32(sh.to_vec(), dx));
+    g[1] = Some(Tensor::from_f32(
+        vec![c],
+        dgamma.iter().map(|&v| v as f32).collect(),
+    ));
+    g[2] = Some(Tensor::from_f32(
+        vec![c],
+        dbeta.iter().map(|&v| v as f32).collect(),
+    ));
+    Ok(g)
+}
+
+/// Light augmentation of image batches `[N, C, H, W]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Augment {
+    /// Random horizontal flips.
+    pub flip: bool,
+    /// Random crops after zero padding by this many pixels (0: none).
+    pub crop_pad: usize,
+}
+
+impl Augment {
+    fn apply(&self, t: &mut Tensor, rng: &mut Rng) -> Result<()> {
+        if (!self.flip && self.crop_pad == 0) || t.rank() != 4 || t.dtype() != DType::F32 {
+            return Ok(());
+        }
+        let sh = t.shape().to_vec();
+        let (c, h, w) = (sh[1], sh[2], sh[3]);
+        let pad = self.crop_pad as isize;
+        let v = t.f32s_mut()?;
+        for img in v.chunks_mut(c * h * w) {
+            let flip = self.flip && rng.next_f64() < 0.5;
+            let (dy, dx) = if pad > 0 {
+                (
+                    rng.below(2 * pad as usize + 1) as isize - pad,
+                    rng.below(2 * pad as usize + 1) as isize - pad,
+                )
+            } else {
+                (0, 0)
+            };
+            if !flip && dy == 0 && dx == 0 {
+                continue;
+            }
+            let src = img.to_vec();
+            for ch in 0..c {
+                for y in 0..h {
+                    for x in 0..w {
+                        let sx = if flip { w - 1 - x } else { x } as isize + dx;
+                        let sy = y as isize + dy;
+                        img[(ch * h + y) * w + x] =
+                            if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                                src[(ch * h + sy as usize) * w + sx as usize]
+                            } else {
+                                0.0
+                            };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of [`recover`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecoverOptions {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Samples per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Optimizer.
+    pub optimizer: OptimKind,
+    /// Weight decay.
+    pub weight_decay: f32,
+    /// Schedule.
+    pub schedule: Schedule,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Clip the global gradient norm to this (`None`: no clipping).
+    pub clip: Option<f32>,
+    /// Distillation temperature.
+    pub temperature: f32,
+    /// With labels and a teacher: loss = alpha · KD + (1 − alpha) · CE.
+    pub alpha: f32,
+    /// Augmentation of image inputs.
+    pub augment: Augment,
+    /// Seed of shuffling, augmentation and dropout.
+    pub seed: u64,
+}
+
+impl Default for RecoverOptions {
+    fn default() -> Self {
+        RecoverOptions {
+            steps: 100,
+            batch: 64,
+            lr: 0.01,
+            optimizer: OptimKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            weight_decay: 5e-4,
+            schedule: Schedule::Cosine,
+            warmup: 0,
+            clip: None,
+            temperature: 4.0,
+            alpha: 1.0,
+            augment: Augment::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Progress of one step.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    /// Steps done (1-based).
+    pub step: usize,
+    /// Of this many.
+    pub total: usize,
+    /// Loss of this step.
+    pub loss: f32,
+    /// Training accuracy of this batch, with labels.
+    pub accuracy: Option<f32>,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Samples in this step.
+    pub samples: usize,
+}
+
+/// The loss and the output gradients for one batch.
+fn loss_and_grads(
+    outs: &[Tensor],
+    teacher: Option<&[Tensor]>,
+    labels: Option<&[i64]>,
+    opts: &RecoverOptions,
+) -> Result<(f32, Vec<Option<Tensor>>, Option<usize>)> {
+    let mut total = 0.0f32;
+    let mut grads: Vec<Option<Tensor>> = vec![None; outs.len()];
+    let mut right = None;
+    let kd_weight = if labels.is_some() { opts.alpha } else { 1.0 };
+    if let Some(t) = teacher {
+        for (i, (s, tt)) in outs.iter().zip(t).enumerate() {
+            if s.dtype() != DType::F32 || s.shape() != tt.shape() {
+                continue;
+            }
+            let (sv, tv) = (s.f32s()?, tt.f32s()?);
+            let (l, g) = if s.rank() == 2 {
+                loss::distill_kl(sv, tv, s.shape()[1], opts.temperature)
+            } else {
+                loss::mse(sv, tv)
+            };
+            total += kd_weight * l;
+            grads[i] = Some(Tensor::from_f32(
+                s.shape().to_vec(),
+                g.into_iter().map(|v| v * kd_weight).collect(),
+            ));
+        }
+    }
+    if let Some(lab) = labels {
+        let s = &outs[0];
+        if s.rank() != 2 {
+            return Err(Error::Usage(format!(
+                "labels need a [batch, classes] first output; it is {:?}",
+                s.shape()
+            )));
+        }
+        let w = if teacher.is_some() {
+            1.0 - opts.alpha
+        } else {
+            1.0
+        };
+        let (l, g, r) = loss::cross_entropy(s.f32s()?, s.shape()[1], lab)?;
+        right = Some(r);
+        if w > 0.0 {
+            total += w * l;
+            let add: Vec<f32> = g.into_iter().map(|v| v * w).collect();
+            match &mut grads[0] {
+                Some(acc) => acc
+                    .f32s_mut()?
+                    .iter_mut()
+                    .zip(&add)
+                    .for_each(|(a, b)| *a += b),
+                slot => *slot = Some(Tensor::from_f32(s.shape().to_vec(), add)),
+            }
+        }
+    }
+    if grads.iter().all(Option::is_none) {
+        return Err(Error::Usage(
+            "nothing to learn from: give a teacher model or labels".into(),
+        ));
+    }
+    Ok((total, grads, right))
+}
+
+/// Rows `idx` of every input.
+fn gather(data: &Feeds, idx: &[usize]) -> Result<Vec<(String, Tensor)>> {
+    data.0
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), crate::ops::layout::take(t, 0, idx)?)))
+        .collect()
+}
+
+/// Recovers a pruned `student` by training on `data`: distillation from
+/// `teacher` (the unpruned model) without labels, cross-entropy with
+/// `labels`, or both (`alpha`). Masks hold: every zero weight of the
+/// student is still zero after training. `on_step` sees each step and
+/// returns false to stop early (Ctrl-C); the model so far is returned.
+pub fn recover(
+    student: &Model,
+    teacher: Option<&Model>,
+    data: &Feeds,
+    labels: Option<&[i64]>,
+    opts: &RecoverOptions,
+    on_step: &mut dyn FnMut(&StepReport) -> bool,
+) -> Result<Model> {
+    let n = data.samples();
+    if n == 0 {
+        return Err(Error::Usage("no training samples".into()));
+    }
+    if let Some(l) = labels {
+        if l.len() != n {
+            return Err(Error::Usage(format!("{} labels for {n} samples", l.len())));
+        }
+    }
+    let relaxed = crate::exec::relax_batch(student, data);
+    let mut tr = Trainable::new(relaxed.as_ref().unwrap_or(student), student)?;
+    let teacher_exec = match teacher {
+        Some(t) => Some(Executor::new(
+            crate::exec::relax_batch(t, data).as_ref().unwrap_or(t),
+        )?),
+        None => None,
+    };
+    let batch = if relaxed.is_none() {
+        tr.exec.batch_size(opts.batch)
+    } else {
+        opts.batch
+    }
+    .clamp(1, n);
+    let sizes: Vec<usize> = tr.params.iter().map(|p| p.value.len()).collect();
+    let mut opt = Optimizer::new(opts.optimizer, opts.weight_decay, &sizes);
+    let mut rng = Rng::new(opts.seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut pos = n;
+    for step in 0..opts.steps {
+        if pos + batch > n {
+            rng.shuffle(&mut order);
+            pos = 0;
+        }
+        let idx = &order[pos..pos + batch];
+        pos += batch;
+        let mut feeds = gather(data, idx)?;
+        for (_, t) in feeds.iter_mut() {
+            opts.augment.apply(t, &mut rng)?;
+        }
+        let t_out = match &teacher_exec {
+            Some(e) => Some(
+                e.run(feeds.clone())?
+                    .into_iter()
+                    .map(|(_, t)| t)
+                    .collect::<Vec<_>>(),
+            ),
+            None => None,
+        };
+        let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
+        let (outs, tape) = tr.forward(&feeds, BnMode::Train, &mut rng)?;
+        let (loss, out_grads, right) =
+            loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
+        if !loss.is_finite() {
+            return Err(Error::Usage(format!(
+                "the loss became {loss} at step {}; lower --lr",
+                step + 1
+            )));
+        }
+        let mut grads = tr.backward(&tape, out_grads)?;
+        drop(tape);
+        if let Some(c) = opts.clip {
+            optim::clip_global_norm(&mut grads, c);
+        }
+        let lr = optim::lr_at(opts.schedule, opts.lr, step, opts.steps, opts.warmup);
+        {
+            let decay: Vec<bool> = tr.params.iter().map(|p| p.decay).collect();
+            let mut views: Vec<&mut [f32]> = tr
+                .params
+                .iter_mut()
+                .map(|p| p.value.f32s_mut())
+                .collect::<Result<_>>()?;
+            opt.step(&mut views, &grads, &decay, lr);
+        }
+        for (i, p) in tr.params.iter().enumerate() {
+            if let Some(mask) = &p.mask {
+                opt.mask_state(i, mask);
+            }
+        }
+        tr.apply_masks()?;
+        let report = StepReport {
+            step: step + 1,
+            total: opts.steps,
+            loss,
+            accuracy: right.map(|r| r as f32 / batch as f32),
+            lr,
+            samples: batch,
+        };
+        if !on_step(&report) {
+            break;
+        }
+    }
+    tr.to_model()
+}
+
+/// Re-estimates BatchNormalization running statistics of `model` on
+/// `data` (forward passes only, in batches of `batch`): each becomes the
+/// average of the batch statistics. Pruning shifts activations; this
+/// repairs the mismatch at the cost of a few forward passes.
+pub fn recalibrate_bn(model: &Model, data: &Feeds, batch: usize) -> Result<Model> {
+    let relaxed = crate::exec::relax_batch(model, data);
+    let mut tr = Trainable::new(relaxed.as_ref().unwrap_or(model), model)?;
+    let size = if relaxed.is_none() {
+        tr.exec.batch_size(batch)
+    } else {
+        batch
+    };
+    let mut rng = Rng::new(0);
+    for b in data.batches(size.max(1))? {
+        tr.forward(&b, BnMode::Average, &mut rng)?;
+    }
+    tr.to_model()
+}
+
+#[cfg(test)]
+mod tests;
