@@ -49,6 +49,10 @@ enum Cmd {
     /// result is a smaller dense model. Prints params, MACs, size, latency
     /// (and accuracy with --eval-data) before and after.
     Prune(Box<PruneArgs>),
+    /// Recover a pruned model's accuracy by training: label-free
+    /// distillation from the unpruned model (--teacher), cross-entropy with
+    /// --labels, or both. Pruned (zero) weights stay zero.
+    Recover(Box<RecoverArgs>),
     /// Channel groups: channels that must be removed together, and the
     /// frozen ones with the reason.
     Groups {
@@ -229,11 +233,415 @@ struct PruneArgs {
     /// Seconds spent measuring latency of each model (0: skip).
     #[arg(long, default_value_t = 1.0)]
     latency_seconds: f64,
+    /// After pruning, recover by label-free distillation from the unpruned
+    /// model on --recover-data (default: the --calib data).
+    #[arg(long)]
+    recover: bool,
+    /// Training data for --recover ([NAME=]PATH, repeatable).
+    #[arg(long, value_name = "[NAME=]PATH")]
+    recover_data: Vec<String>,
+    /// Passes over the --recover data.
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    recover_epochs: f64,
+    /// Peak learning rate of --recover.
+    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    recover_lr: f32,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     shapes: ShapeArgs,
+}
+
+/// Arguments of `potatura recover`.
+#[derive(Args, Debug)]
+struct RecoverArgs {
+    /// The pruned ONNX model.
+    model: PathBuf,
+    /// Output ONNX file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// The unpruned model to distil from (no labels needed).
+    #[arg(long, value_name = "DENSE.onnx")]
+    teacher: Option<PathBuf>,
+    /// Training data: a .npy, .npz, MNIST IDX file or image folder;
+    /// NAME=PATH per input for several inputs (repeatable).
+    #[arg(long, value_name = "[NAME=]PATH", required = true)]
+    data: Vec<String>,
+    /// Labels for --data (.npy of ints or MNIST IDX labels).
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// An image folder as --data: this many views (random crops and flips
+    /// beyond one center crop per photo).
+    #[arg(long, value_name = "N")]
+    samples: Option<usize>,
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Only re-estimate BatchNormalization statistics on --data (forward
+    /// passes, no training).
+    #[arg(long)]
+    bn_only: bool,
+    /// Data to measure accuracy (with --eval-labels) or agreement with the
+    /// teacher before and after.
+    #[arg(long, value_name = "PATH")]
+    eval_data: Option<PathBuf>,
+    /// Labels for --eval-data.
+    #[arg(long, value_name = "FILE")]
+    eval_labels: Option<PathBuf>,
+    /// An image folder as --eval-data: this many random crops.
+    #[arg(long, value_name = "N")]
+    eval_samples: Option<usize>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    images: ImageArgs,
+    #[command(flatten)]
+    shapes: ShapeArgs,
+}
+
+/// Training settings shared by `recover` and `prune --recover`.
+#[derive(Args, Debug, Clone)]
+struct TrainArgs {
+    /// Passes over the training data (fractions allowed).
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "F",
+        conflicts_with = "steps"
+    )]
+    epochs: f64,
+    /// Optimizer steps instead of --epochs.
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Samples per step.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    lr: f32,
+    /// Optimizer.
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
+    optimizer: String,
+    /// SGD momentum (Nesterov).
+    #[arg(long, default_value_t = 0.9, value_name = "F")]
+    momentum: f32,
+    /// Weight decay (weights only, not biases or norms).
+    #[arg(long, default_value_t = 5e-4, value_name = "F")]
+    weight_decay: f32,
+    /// Learning-rate schedule.
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant", "one-cycle", "step"])]
+    schedule: String,
+    /// Warm-up steps (linear).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    warmup: usize,
+    /// Clip the global gradient norm.
+    #[arg(long, value_name = "F")]
+    clip: Option<f32>,
+    /// Distillation temperature.
+    #[arg(long, default_value_t = 4.0, value_name = "T")]
+    temperature: f32,
+    /// With both a teacher and labels: loss = alpha KD + (1 - alpha) CE.
+    #[arg(long, default_value_t = 0.5, value_name = "F")]
+    alpha: f32,
+    /// Augment image batches with random horizontal flips.
+    #[arg(long)]
+    flip: bool,
+    /// Augment image batches with random crops after zero padding by N.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    crop_pad: usize,
+    /// Seed of shuffling, augmentation and dropout (same seed, same bytes).
+    #[arg(long = "train-seed", default_value_t = 0, value_name = "N")]
+    train_seed: u64,
+}
+
+impl TrainArgs {
+    fn options(&self, samples: usize) -> Result<potatura::train::RecoverOptions> {
+        use potatura::train::optim::{OptimKind, Schedule};
+        let batch = self.batch.max(1);
+        let steps = match self.steps {
+            Some(s) => s,
+            None => ((self.epochs * samples as f64) / batch as f64)
+                .ceil()
+                .max(1.0) as usize,
+        };
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            bail!("--alpha must be between 0 and 1");
+        }
+        Ok(potatura::train::RecoverOptions {
+            steps,
+            batch,
+            lr: self.lr,
+            optimizer: if self.optimizer == "adamw" {
+                OptimKind::AdamW {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                }
+            } else {
+                OptimKind::Sgd {
+                    momentum: self.momentum,
+                    nesterov: self.momentum > 0.0,
+                }
+            },
+            weight_decay: self.weight_decay,
+            schedule: serde_json::from_str::<Schedule>(&format!("\"{}\"", self.schedule))?,
+            warmup: self.warmup,
+            clip: self.clip,
+            temperature: self.temperature,
+            alpha: self.alpha,
+            augment: potatura::train::Augment {
+                flip: self.flip,
+                crop_pad: self.crop_pad,
+            },
+            seed: self.train_seed,
+        })
+    }
+}
+
+/// Trains with a progress bar (loss, accuracy with labels, samples/s,
+/// ETA); Ctrl-C stops after the current step and keeps what was learnt.
+fn train_with_progress(
+    student: &Model,
+    teacher: Option<&Model>,
+    data: &potatura::data::Feeds,
+    labels: Option<&[i64]>,
+    opts: &potatura::train::RecoverOptions,
+) -> Result<(Model, TrainStats)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let pb = indicatif::ProgressBar::new(opts.steps as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} training [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let t0 = std::time::Instant::now();
+    let (mut seen, mut last_loss, mut steps) = (0usize, f32::NAN, 0usize);
+    let mut acc_avg: Option<f32> = None;
+    let model = potatura::train::recover(student, teacher, data, labels, opts, &mut |r| {
+        seen += r.samples;
+        steps = r.step;
+        last_loss = r.loss;
+        if let Some(a) = r.accuracy {
+            acc_avg = Some(acc_avg.map_or(a, |m| 0.95 * m + 0.05 * a));
+        }
+        let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        pb.set_position(r.step as u64);
+        pb.set_message(match acc_avg {
+            Some(a) => format!(
+                "loss {:.4}  acc {:.2}%  {rate:.0} samples/s",
+                r.loss,
+                a * 100.0
+            ),
+            None => format!("loss {:.4}  {rate:.0} samples/s", r.loss),
+        });
+        !STOP.load(Ordering::SeqCst)
+    })?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((
+        model,
+        TrainStats {
+            steps,
+            planned_steps: opts.steps,
+            seconds: secs,
+            samples_per_second: seen as f64 / secs.max(1e-9),
+            final_loss: last_loss,
+            interrupted: STOP.load(Ordering::SeqCst),
+        },
+    ))
+}
+
+/// What a training run did.
+#[derive(serde::Serialize, Debug, Clone)]
+struct TrainStats {
+    steps: usize,
+    planned_steps: usize,
+    seconds: f64,
+    samples_per_second: f64,
+    final_loss: f32,
+    interrupted: bool,
+}
+
+/// Accuracy (with labels) and agreement (with reference predictions).
+fn score_model(
+    model: &Model,
+    x: &potatura::ir::Tensor,
+    labels: Option<&[i64]>,
+    reference: Option<&[Vec<f32>]>,
+) -> Result<(potatura::eval::EvalReport, Vec<Vec<f32>>)> {
+    let exec = Executor::new(model)?;
+    let p = potatura::eval::predict(&exec, x, fixed_batch(&exec).unwrap_or(64))?;
+    Ok((potatura::eval::score(&p, labels, reference)?, p))
+}
+
+#[derive(serde::Serialize)]
+struct RecoverReport {
+    model: String,
+    output: String,
+    teacher: Option<String>,
+    training: Option<TrainStats>,
+    zeros_before: usize,
+    zeros_after: usize,
+    teacher_eval: Option<potatura::eval::EvalReport>,
+    before: Option<potatura::eval::EvalReport>,
+    after: Option<potatura::eval::EvalReport>,
+}
+
+/// Zero weights over all float initializers.
+fn count_zeros(m: &Model) -> usize {
+    m.graph
+        .initializers
+        .iter()
+        .filter_map(|t| t.to_tensor().ok())
+        .filter_map(|t| {
+            t.f32s()
+                .ok()
+                .map(|v| v.iter().filter(|&&x| x == 0.0).count())
+        })
+        .sum()
+}
+
+fn recover_cmd(a: &RecoverArgs) -> Result<ExitCode> {
+    let path = a.model.as_path();
+    let model = load(path)?;
+    let inputs = a.shapes.resolve(&model, path)?;
+    let teacher = a.teacher.as_deref().map(load).transpose()?;
+    if teacher.is_none() && a.labels.is_none() && !a.bn_only {
+        bail!("nothing to learn from: give --teacher DENSE.onnx (label-free distillation) or --labels FILE");
+    }
+    let opts_load = potatura::data::LoadOptions {
+        samples: a.samples,
+        images: a.images.spec()?,
+        views: potatura::data::images::Views {
+            count: a.samples,
+            seed: a.train.train_seed,
+            center_first: true,
+        },
+    };
+    let sp = stage("loading data");
+    let data = potatura::data::load_feeds(&inputs, &a.data, &opts_load).context("--data")?;
+    let labels = a
+        .labels
+        .as_deref()
+        .map(potatura::data::load_tensor)
+        .transpose()
+        .context("--labels")?
+        .map(|l| l.to_i64_vec());
+    let eval = match &a.eval_data {
+        Some(d) => {
+            let x = load_one(&inputs, d, &a.images, eval_views(a.eval_samples))
+                .context("--eval-data")?;
+            let l = a
+                .eval_labels
+                .as_deref()
+                .map(potatura::data::load_tensor)
+                .transpose()?
+                .map(|l| l.to_i64_vec());
+            Some((x, l))
+        }
+        None => None,
+    };
+    sp.finish_and_clear();
+    let (recovered, training) = if a.bn_only {
+        let sp = stage("re-estimating BatchNormalization statistics");
+        let m = potatura::train::recalibrate_bn(&model, &data, a.train.batch)?;
+        sp.finish_and_clear();
+        (m, None)
+    } else {
+        let opts = a.train.options(data.samples())?;
+        let (m, st) =
+            train_with_progress(&model, teacher.as_ref(), &data, labels.as_deref(), &opts)?;
+        (m, Some(st))
+    };
+    potatura::onnx::save(&recovered, &a.output)?;
+    let mut report = RecoverReport {
+        model: path.display().to_string(),
+        output: a.output.display().to_string(),
+        teacher: a.teacher.as_ref().map(|t| t.display().to_string()),
+        training,
+        zeros_before: count_zeros(&model),
+        zeros_after: count_zeros(&recovered),
+        teacher_eval: None,
+        before: None,
+        after: None,
+    };
+    if let Some((x, l)) = &eval {
+        let sp = stage("evaluating");
+        let reference = match &teacher {
+            Some(t) => {
+                let (r, p) = score_model(t, x, l.as_deref(), None)?;
+                report.teacher_eval = Some(r);
+                Some(p)
+            }
+            None => None,
+        };
+        report.before = Some(score_model(&model, x, l.as_deref(), reference.as_deref())?.0);
+        report.after = Some(score_model(&recovered, x, l.as_deref(), reference.as_deref())?.0);
+        sp.finish_and_clear();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} -> {}", report.model, report.output);
+    if let Some(t) = &report.training {
+        println!(
+            "trained {} of {} steps in {:.1} s ({:.0} samples/s), final loss {:.4}{}",
+            t.steps,
+            t.planned_steps,
+            t.seconds,
+            t.samples_per_second,
+            t.final_loss,
+            if t.interrupted {
+                " (interrupted: the model so far was saved)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!(
+            "BatchNormalization statistics re-estimated on {} samples",
+            data.samples()
+        );
+    }
+    println!(
+        "zero weights: {} before, {} after (masks hold)",
+        report.zeros_before, report.zeros_after
+    );
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
+    if let (Some(b), Some(af)) = (&report.before, &report.after) {
+        println!(
+            "{:<12} {:>10} {:>10} {:>10}",
+            "", "teacher", "pruned", "recovered"
+        );
+        if b.accuracy.is_some() {
+            println!(
+                "{:<12} {:>10} {:>10} {:>10}",
+                "accuracy",
+                pct(report.teacher_eval.as_ref().and_then(|t| t.accuracy)),
+                pct(b.accuracy),
+                pct(af.accuracy)
+            );
+        }
+        if b.agreement.is_some() {
+            println!(
+                "{:<12} {:>10} {:>10} {:>10}",
+                "agreement",
+                "",
+                pct(b.agreement),
+                pct(af.agreement)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Arguments of `potatura eval`.
@@ -446,6 +854,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => run_model(&model, &inputs, &output_dir, &shapes),
         Cmd::Eval(a) => eval(&a),
         Cmd::Prune(a) => prune_cmd(&a),
+        Cmd::Recover(a) => recover_cmd(&a),
         Cmd::Groups {
             model,
             json,
@@ -501,6 +910,15 @@ struct PruneReport {
     /// Unstructured methods: per layer.
     sparse_layers: Vec<potatura::prune::unstructured::LayerSparsity>,
     target_reached: bool,
+    /// With --recover: accuracy right after pruning, and the training run.
+    recovery: Option<Recovery>,
+}
+
+/// What `prune --recover` did between pruning and the final model.
+#[derive(serde::Serialize)]
+struct Recovery {
+    right_after_pruning: Option<potatura::eval::EvalReport>,
+    training: TrainStats,
 }
 
 /// Output channels of weight layers by node name.
@@ -835,6 +1253,75 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             out.display()
         );
     }
+    let eval = match &a.eval_data {
+        Some(d) => {
+            let x = load_one(&inputs, d, &a.images, eval_views(a.eval_samples))
+                .context("--eval-data")?;
+            let labels = a
+                .eval_labels
+                .as_deref()
+                .map(potatura::data::load_tensor)
+                .transpose()?
+                .map(|l| l.to_i64_vec());
+            Some((x, labels))
+        }
+        None => None,
+    };
+    let (pruned, recovery) = if a.recover {
+        let specs = if a.recover_data.is_empty() {
+            &a.calib
+        } else {
+            &a.recover_data
+        };
+        if specs.is_empty() {
+            bail!("--recover needs training data: --recover-data PATH (or --calib PATH)");
+        }
+        let lo = potatura::data::LoadOptions {
+            samples: None,
+            images: a.images.spec()?,
+            views: potatura::data::images::Views {
+                count: Some(a.calib_samples),
+                seed: a.seed,
+                center_first: true,
+            },
+        };
+        let data = potatura::data::load_feeds(&inputs, specs, &lo).context("--recover-data")?;
+        let right_after = match &eval {
+            Some((x, l)) => {
+                let (_, dense_p) = score_model(&model, x, l.as_deref(), None)?;
+                Some(score_model(&pruned, x, l.as_deref(), Some(&dense_p))?.0)
+            }
+            None => None,
+        };
+        let train = TrainArgs {
+            epochs: a.recover_epochs,
+            steps: None,
+            batch: 64,
+            lr: a.recover_lr,
+            optimizer: "sgd".into(),
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: "cosine".into(),
+            warmup: 0,
+            clip: None,
+            temperature: 4.0,
+            alpha: 0.5,
+            flip: false,
+            crop_pad: 0,
+            train_seed: a.seed,
+        };
+        let opts = train.options(data.samples())?;
+        let (m, stats) = train_with_progress(&pruned, Some(&model), &data, None, &opts)?;
+        (
+            m,
+            Some(Recovery {
+                right_after_pruning: right_after,
+                training: stats,
+            }),
+        )
+    } else {
+        (pruned, None)
+    };
     potatura::onnx::save(&pruned, out)?;
     // Success only after the written file loads and runs.
     let reloaded = load(out)?;
@@ -853,20 +1340,6 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             );
         }
     }
-    let eval = match &a.eval_data {
-        Some(d) => {
-            let x = load_one(&inputs, d, &a.images, eval_views(a.eval_samples))
-                .context("--eval-data")?;
-            let labels = a
-                .eval_labels
-                .as_deref()
-                .map(potatura::data::load_tensor)
-                .transpose()?
-                .map(|l| l.to_i64_vec());
-            Some((x, labels))
-        }
-        None => None,
-    };
     let (before, dense_preds) = measure(&model, Some(path), &inputs, a, eval.as_ref(), None)?;
     let (after, _) = measure(
         &reloaded,
@@ -920,6 +1393,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         sparsity: sparse.as_ref().map(|o| o.total_sparsity),
         sparse_layers: sparse.map(|o| o.layers).unwrap_or_default(),
         target_reached: !short,
+        recovery,
     };
     print_prune_report(&report, a.json)?;
     Ok(ExitCode::SUCCESS)
@@ -1002,6 +1476,35 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
     }
     if let Some(y) = a.agreement {
         writeln!(out, "{:<14} {:>14} {:>13.2}%", "agreement", "", y * 100.0)?;
+    }
+    if let Some(rc) = &r.recovery {
+        let t = &rc.training;
+        writeln!(
+            out,
+            "recovered by distillation from the unpruned model: {} steps in {:.1} s ({:.0} samples/s){}",
+            t.steps,
+            t.seconds,
+            t.samples_per_second,
+            if t.interrupted { ", interrupted" } else { "" }
+        )?;
+        if let Some(e) = &rc.right_after_pruning {
+            if let Some(acc) = e.accuracy {
+                writeln!(
+                    out,
+                    "accuracy: {:.2}% before pruning, {:.2}% right after pruning, {:.2}% after recovery",
+                    b.accuracy.unwrap_or(f64::NAN) * 100.0,
+                    acc * 100.0,
+                    a.accuracy.unwrap_or(f64::NAN) * 100.0
+                )?;
+            } else if let Some(ag) = e.agreement {
+                writeln!(
+                    out,
+                    "agreement with the unpruned model: {:.2}% right after pruning, {:.2}% after recovery",
+                    ag * 100.0,
+                    a.agreement.unwrap_or(f64::NAN) * 100.0
+                )?;
+            }
+        }
     }
     if !r.target_reached {
         writeln!(out, "note: the target was not reached within the constraints (--max-layer-ratio, --round-to, frozen groups)")?;

@@ -665,3 +665,87 @@ fn image_folders_calibrate_and_evaluate_a_batch_one_model() {
         &["photos", "4-D input"],
     );
 }
+
+#[test]
+fn recover_distils_a_pruned_model_and_keeps_its_zeros() {
+    let dir = tmp("recover");
+    let m = example("mnist_cnn.onnx");
+    let sparse = dir.join("sparse.onnx");
+    stdout(&potatura(&[
+        "prune",
+        p(&m),
+        "-o",
+        p(&sparse),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.7",
+        "--latency-seconds",
+        "0",
+    ]));
+    let out = dir.join("rec.onnx");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&[
+        "recover",
+        p(&sparse),
+        "-o",
+        p(&out),
+        "--teacher",
+        p(&m),
+        "--data",
+        p(&example("train-images-2k-idx3-ubyte.gz")),
+        "--steps",
+        "16",
+        "--eval-data",
+        p(&example("t10k-images-5k-idx3-ubyte.gz")),
+        "--eval-labels",
+        p(&example("t10k-labels-5k-idx1-ubyte.gz")),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(json["zeros_before"], json["zeros_after"], "{json}");
+    assert!(json["zeros_before"].as_u64().unwrap() > 100_000);
+    let (b, a) = (
+        json["before"]["accuracy"].as_f64().unwrap(),
+        json["after"]["accuracy"].as_f64().unwrap(),
+    );
+    assert!(a > b && a > 0.95, "{b} -> {a}");
+    assert_eq!(json["training"]["steps"], 16);
+    // BN recalibration alone, as text.
+    let text = stdout(&potatura(&[
+        "recover",
+        p(&sparse),
+        "-o",
+        p(&dir.join("bn.onnx")),
+        "--bn-only",
+        "--data",
+        p(&example("train-images-2k-idx3-ubyte.gz")),
+    ]));
+    assert!(text.contains("BatchNormalization statistics"), "{text}");
+    // Nothing to learn from; labels that do not fit.
+    assert_fails(
+        &potatura(&[
+            "recover",
+            p(&sparse),
+            "-o",
+            p(&out),
+            "--data",
+            p(&example("train-images-2k-idx3-ubyte.gz")),
+        ]),
+        &["--teacher", "--labels"],
+    );
+    assert_fails(
+        &potatura(&[
+            "recover",
+            p(&sparse),
+            "-o",
+            p(&out),
+            "--labels",
+            p(&example("t10k-labels-5k-idx1-ubyte.gz")),
+            "--data",
+            p(&example("train-images-2k-idx3-ubyte.gz")),
+            "--steps",
+            "1",
+        ]),
+        &["5000 labels for 2048 samples"],
+    );
+}

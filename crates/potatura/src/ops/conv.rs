@@ -1660,13 +1660,24 @@ pub fn conv_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
         }
         dw
     };
-    (0..geom.n).into_par_iter().map(image).reduce(
-        || vec![0.0f32; wlen],
-        |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        },
-    )
+    // Fixed chunks of images, summed in order: the same bytes whatever
+    // the thread count (training must be reproducible).
+    const CHUNK: usize = 4;
+    let parts: Vec<Vec<f32>> = (0..geom.n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = image(c * CHUNK);
+            for img in c * CHUNK + 1..((c + 1) * CHUNK).min(geom.n) {
+                acc.iter_mut().zip(image(img)).for_each(|(x, y)| *x += y);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f32; wlen];
+    for p in parts {
+        total.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+    }
+    total
 }
 
 fn conv_transpose_macs(geom: &ConvGeom) -> u64 {

@@ -6,3 +6,4 @@ mod oracle;
 mod prune;
 mod roundtrip;
 mod sparse;
+mod train;
