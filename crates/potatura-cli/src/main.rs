@@ -353,6 +353,30 @@ struct TrainArgs {
     /// Seed of shuffling, augmentation and dropout (same seed, same bytes).
     #[arg(long = "train-seed", default_value_t = 0, value_name = "N")]
     train_seed: u64,
+    /// Gradual pruning while training: magnitude-prune every weight layer
+    /// to this final sparsity on the cubic schedule of Zhu and Gupta.
+    #[arg(long, value_name = "F")]
+    gradual: Option<f64>,
+    /// Pattern of --gradual: `unstructured` or N:M (e.g. 2:4; the kept
+    /// count per group steps down to N).
+    #[arg(long, default_value = "unstructured", value_name = "PATTERN")]
+    gradual_pattern: String,
+    /// --gradual starts at this fraction of the steps.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    gradual_start: f64,
+    /// --gradual reaches its final sparsity at this fraction of the steps.
+    #[arg(long, default_value_t = 0.7, value_name = "F")]
+    gradual_end: f64,
+    /// Prunings of --gradual (evenly spaced).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    gradual_prunings: usize,
+    /// Prune at initialization with SNIP (|gradient x weight| on one batch,
+    /// one global threshold) to this sparsity, then train.
+    #[arg(long, value_name = "F")]
+    snip: Option<f64>,
+    /// --gradual and --snip leave layers with fewer inputs per output dense.
+    #[arg(long = "train-min-inputs", default_value_t = 32, value_name = "N")]
+    train_min_inputs: usize,
 }
 
 impl TrainArgs {
@@ -398,6 +422,59 @@ impl TrainArgs {
                 crop_pad: self.crop_pad,
             },
             seed: self.train_seed,
+            gradual: match self.gradual {
+                Some(f) => Some(self.gradual_schedule(f, steps)?),
+                None => None,
+            },
+            snip: self.snip,
+            min_inputs: self.train_min_inputs,
+        })
+    }
+
+    fn gradual_schedule(&self, sparsity: f64, steps: usize) -> Result<potatura::train::Gradual> {
+        use potatura::prune::unstructured::Pattern;
+        let pattern = if self.gradual_pattern == "unstructured" {
+            Pattern::Unstructured
+        } else {
+            let bad = || {
+                anyhow::anyhow!(
+                    "--gradual-pattern '{}': expected unstructured or N:M like 2:4",
+                    self.gradual_pattern
+                )
+            };
+            let (n, m) = self.gradual_pattern.split_once(':').ok_or_else(bad)?;
+            let (n, m): (usize, usize) = (
+                n.trim().parse().map_err(|_| bad())?,
+                m.trim().parse().map_err(|_| bad())?,
+            );
+            if n == 0 || n >= m {
+                return Err(bad());
+            }
+            Pattern::NM { n, m }
+        };
+        let sparsity = match pattern {
+            Pattern::NM { n, m } => 1.0 - n as f64 / m as f64,
+            _ => sparsity,
+        };
+        if !(0.0..1.0).contains(&sparsity) {
+            bail!("--gradual must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.gradual_start)
+            || !(self.gradual_start..=1.0).contains(&self.gradual_end)
+        {
+            bail!("--gradual-start and --gradual-end are fractions of the steps, start <= end");
+        }
+        let start = (self.gradual_start * steps as f64) as usize;
+        let end = ((self.gradual_end * steps as f64) as usize)
+            .max(start)
+            .min(steps.saturating_sub(1));
+        Ok(potatura::train::Gradual {
+            sparsity,
+            initial: 0.0,
+            pattern,
+            start,
+            end,
+            every: ((end - start) / self.gradual_prunings.max(1)).max(1),
         })
     }
 }
@@ -1309,6 +1386,13 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             flip: false,
             crop_pad: 0,
             train_seed: a.seed,
+            gradual: None,
+            gradual_pattern: "unstructured".into(),
+            gradual_start: 0.0,
+            gradual_end: 0.7,
+            gradual_prunings: 20,
+            snip: None,
+            train_min_inputs: 32,
         };
         let opts = train.options(data.samples())?;
         let (m, stats) = train_with_progress(&pruned, Some(&model), &data, None, &opts)?;

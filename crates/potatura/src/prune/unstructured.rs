@@ -195,6 +195,85 @@ struct Layer {
     input: String,
 }
 
+/// How node `n` reads its weight of shape `sh` (input 1), for the
+/// prunable ops.
+fn view_of(n: &crate::ir::Node, sh: &[usize]) -> Option<View> {
+    let group = n.attr_int("group", 1).unwrap_or(1).max(1) as usize;
+    let kpos = |s: &[usize]| s.iter().skip(2).product::<usize>();
+    Some(match n.op_type.as_str() {
+        "Conv" if sh.len() >= 3 => View {
+            rows: sh[0],
+            cin: sh[1],
+            kpos: kpos(sh),
+            kind: Kind::RowMajor,
+            group,
+        },
+        "ConvTranspose" if sh.len() >= 3 => View {
+            rows: sh[1] * group,
+            cin: sh[0] / group,
+            kpos: kpos(sh),
+            kind: Kind::Transposed,
+            group,
+        },
+        "Gemm" if sh.len() == 2 => {
+            if n.attr_int("transA", 0).unwrap_or(0) != 0 {
+                return None;
+            }
+            if n.attr_int("transB", 0).unwrap_or(0) != 0 {
+                View {
+                    rows: sh[0],
+                    cin: sh[1],
+                    kpos: 1,
+                    kind: Kind::RowMajor,
+                    group: 1,
+                }
+            } else {
+                View {
+                    rows: sh[1],
+                    cin: sh[0],
+                    kpos: 1,
+                    kind: Kind::ColMajor,
+                    group: 1,
+                }
+            }
+        }
+        "MatMul" if sh.len() == 2 => View {
+            rows: sh[1],
+            cin: sh[0],
+            kpos: 1,
+            kind: Kind::ColMajor,
+            group: 1,
+        },
+        _ => return None,
+    })
+}
+
+/// The keep-mask of `scores` (one per element of node `n`'s weight of
+/// shape `sh`) at `sparsity` under `pattern`, compared within the layer.
+/// `None` when `n` is not a prunable layer, when its rows have fewer than
+/// `min_inputs` inputs, or when an N:M pattern does not fit its inputs.
+/// Training uses it for gradual pruning and SNIP.
+pub(crate) fn layer_mask(
+    n: &crate::ir::Node,
+    sh: &[usize],
+    scores: &[f64],
+    pattern: Pattern,
+    sparsity: f64,
+) -> Option<Vec<bool>> {
+    let v = view_of(n, sh)?;
+    if let Pattern::NM { m, .. } = pattern {
+        if v.cin % m != 0 {
+            return None;
+        }
+    }
+    Some(mask(&v, scores, pattern, sparsity, false))
+}
+
+/// Inputs per output row of node `n`'s weight of shape `sh`.
+pub(crate) fn inputs_per_row(n: &crate::ir::Node, sh: &[usize]) -> Option<usize> {
+    view_of(n, sh).map(|v| v.inputs())
+}
+
 fn layers(model: &Model, inputs: &[InputShape]) -> Result<Vec<Layer>> {
     let info = infer_shapes(model, inputs)?;
     let order = model.graph.topo_order()?;
@@ -212,54 +291,8 @@ fn layers(model: &Model, inputs: &[InputShape]) -> Result<Vec<Layer>> {
         if x.value.is_some() || !w.dtype.is_float() || wv.f32s().is_err() {
             continue;
         }
-        let sh = &w.shape;
-        let group = n.attr_int("group", 1).unwrap_or(1).max(1) as usize;
-        let kpos = |s: &[usize]| s.iter().skip(2).product::<usize>();
-        let view = match n.op_type.as_str() {
-            "Conv" if sh.len() >= 3 => View {
-                rows: sh[0],
-                cin: sh[1],
-                kpos: kpos(sh),
-                kind: Kind::RowMajor,
-                group,
-            },
-            "ConvTranspose" if sh.len() >= 3 => View {
-                rows: sh[1] * group,
-                cin: sh[0] / group,
-                kpos: kpos(sh),
-                kind: Kind::Transposed,
-                group,
-            },
-            "Gemm" if sh.len() == 2 => {
-                if n.attr_int("transA", 0).unwrap_or(0) != 0 {
-                    continue;
-                }
-                if n.attr_int("transB", 0).unwrap_or(0) != 0 {
-                    View {
-                        rows: sh[0],
-                        cin: sh[1],
-                        kpos: 1,
-                        kind: Kind::RowMajor,
-                        group: 1,
-                    }
-                } else {
-                    View {
-                        rows: sh[1],
-                        cin: sh[0],
-                        kpos: 1,
-                        kind: Kind::ColMajor,
-                        group: 1,
-                    }
-                }
-            }
-            "MatMul" if sh.len() == 2 => View {
-                rows: sh[1],
-                cin: sh[0],
-                kpos: 1,
-                kind: Kind::ColMajor,
-                group: 1,
-            },
-            _ => continue,
+        let Some(view) = view_of(n, &w.shape) else {
+            continue;
         };
         out.push(Layer {
             node: i,

@@ -39,6 +39,9 @@ pub struct Param {
     pub mask: Option<Vec<bool>>,
     /// Weight decay applies (rank 2 or more: weights, not biases or norms).
     pub decay: bool,
+    /// The Conv/Gemm/MatMul node reading it as its weight (input 1), for
+    /// pruning during training.
+    pub layer: Option<usize>,
     slot: usize,
 }
 
@@ -151,12 +154,17 @@ impl Trainable {
             .zip(values)
             .map(|(name, value)| {
                 let slot = exec.input_slot(name).expect("declared above");
+                let layer = g.nodes.iter().position(|n| {
+                    matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul")
+                        && n.input(1) == Some(name.as_str())
+                });
                 let v = value.f32s()?;
                 let mask = (weight_names.contains(&name.as_str()) && v.contains(&0.0))
                     .then(|| v.iter().map(|&x| x != 0.0).collect());
                 Ok(Param {
                     name: name.clone(),
                     decay: value.rank() >= 2,
+                    layer,
                     value,
                     mask,
                     slot,
@@ -388,6 +396,58 @@ impl Trainable {
         Ok(m)
     }
 
+    /// Parameters that may be pruned during training: weights of
+    /// Conv/Gemm/MatMul whose rows have at least `min_inputs` inputs.
+    fn prunable(&self, min_inputs: usize) -> Vec<usize> {
+        use crate::prune::unstructured::inputs_per_row;
+        (0..self.params.len())
+            .filter(|&i| {
+                let p = &self.params[i];
+                p.layer.is_some_and(|l| {
+                    inputs_per_row(&self.graph.graph.nodes[l], p.value.shape())
+                        .is_some_and(|k| k >= min_inputs)
+                })
+            })
+            .collect()
+    }
+
+    /// Prunes parameter `i` to `keep` (AND-ed with its current mask).
+    fn restrict(&mut self, i: usize, keep: Vec<bool>) {
+        let p = &mut self.params[i];
+        let mask = match p.mask.take() {
+            Some(old) => old.iter().zip(&keep).map(|(a, b)| *a && *b).collect(),
+            None => keep,
+        };
+        p.mask = Some(mask);
+    }
+
+    /// Magnitude pruning of every prunable layer to `sparsity` under
+    /// `pattern` (gradual pruning's step).
+    fn prune_magnitude(
+        &mut self,
+        sparsity: f64,
+        pattern: crate::prune::unstructured::Pattern,
+        min_inputs: usize,
+    ) -> Result<()> {
+        use crate::prune::unstructured::{layer_mask, Pattern};
+        let pattern = match pattern {
+            Pattern::NM { n, m } => Pattern::NM {
+                n: (m - ((sparsity * m as f64) + 1e-9).floor() as usize).max(n),
+                m,
+            },
+            p => p,
+        };
+        for i in self.prunable(min_inputs) {
+            let p = &self.params[i];
+            let node = &self.graph.graph.nodes[p.layer.expect("prunable")];
+            let scores: Vec<f64> = p.value.f32s()?.iter().map(|v| v.abs() as f64).collect();
+            if let Some(keep) = layer_mask(node, p.value.shape(), &scores, pattern, sparsity) {
+                self.restrict(i, keep);
+            }
+        }
+        self.apply_masks()
+    }
+
     /// Puts the masked zeros back.
     fn apply_masks(&mut self) -> Result<()> {
         for p in &mut self.params {
@@ -610,6 +670,50 @@ pub struct RecoverOptions {
     pub augment: Augment,
     /// Seed of shuffling, augmentation and dropout.
     pub seed: u64,
+    /// Gradual magnitude pruning during training.
+    pub gradual: Option<Gradual>,
+    /// Pruning at initialization: SNIP to this sparsity before training.
+    pub snip: Option<f64>,
+    /// Layers whose rows have fewer inputs stay dense under `gradual` and
+    /// `snip` (a 1-channel first conv has 9).
+    pub min_inputs: usize,
+}
+
+/// Gradual pruning during training (Zhu & Gupta 2017): at steps `start`,
+/// `start + every`, ... up to `end`, each weight layer is pruned by
+/// magnitude to `s_t = s_f + (s_i − s_f)(1 − (t − start)/(end − start))³`.
+/// Under an N:M pattern the kept count per group steps down (4:4, 3:4,
+/// 2:4). Pruned weights never come back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Gradual {
+    /// Final sparsity `s_f` (for N:M, `1 − N/M`).
+    pub sparsity: f64,
+    /// Initial sparsity `s_i`.
+    pub initial: f64,
+    /// Pattern.
+    pub pattern: crate::prune::unstructured::Pattern,
+    /// First pruning step.
+    pub start: usize,
+    /// Last pruning step (the sparsity is final from here).
+    pub end: usize,
+    /// Steps between prunings.
+    pub every: usize,
+}
+
+impl Gradual {
+    /// The sparsity to prune to at `step`, if it is a pruning step.
+    pub fn sparsity_at(&self, step: usize) -> Option<f64> {
+        let every = self.every.max(1);
+        if step < self.start || step > self.end || !(step - self.start).is_multiple_of(every) {
+            // The last step always lands on the final sparsity.
+            if step != self.end {
+                return None;
+            }
+        }
+        let span = (self.end - self.start).max(1) as f64;
+        let frac = ((step - self.start) as f64 / span).min(1.0);
+        Some(self.sparsity + (self.initial - self.sparsity) * (1.0 - frac).powi(3))
+    }
 }
 
 impl Default for RecoverOptions {
@@ -630,6 +734,9 @@ impl Default for RecoverOptions {
             alpha: 1.0,
             augment: Augment::default(),
             seed: 0,
+            gradual: None,
+            snip: None,
+            min_inputs: 32,
         }
     }
 }
@@ -765,7 +872,59 @@ pub fn recover(
     let mut rng = Rng::new(opts.seed);
     let mut order: Vec<usize> = (0..n).collect();
     let mut pos = n;
+    if let Some(sp) = opts.snip {
+        // SNIP (Lee et al. 2019): connection sensitivity |g · w| on one
+        // batch at initialization, one global threshold.
+        let idx: Vec<usize> = (0..batch).collect();
+        let feeds = gather(data, &idx)?;
+        let t_out = match &teacher_exec {
+            Some(e) => Some(
+                e.run(feeds.clone())?
+                    .into_iter()
+                    .map(|(_, t)| t)
+                    .collect::<Vec<_>>(),
+            ),
+            None => None,
+        };
+        let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
+        let (outs, tape) = tr.forward(&feeds, BnMode::Train, &mut rng)?;
+        let (_, out_grads, _) = loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
+        let grads = tr.backward(&tape, out_grads)?;
+        drop(tape);
+        let prunable = tr.prunable(opts.min_inputs);
+        let mut all: Vec<f64> = Vec::new();
+        let mut per: Vec<Vec<f64>> = Vec::new();
+        for &i in &prunable {
+            let w = tr.params[i].value.f32s()?;
+            let sc: Vec<f64> = w
+                .iter()
+                .zip(&grads[i])
+                .map(|(w, g)| (w * g).abs() as f64)
+                .collect();
+            all.extend(&sc);
+            per.push(sc);
+        }
+        let k = ((sp.clamp(0.0, 1.0) * all.len() as f64) as usize).min(all.len());
+        if k > 0 {
+            all.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+            let thr = all[k - 1];
+            for (&i, sc) in prunable.iter().zip(per) {
+                tr.restrict(i, sc.iter().map(|&v| v > thr).collect());
+            }
+            tr.apply_masks()?;
+        }
+    }
     for step in 0..opts.steps {
+        if let Some(g) = &opts.gradual {
+            if let Some(s_t) = g.sparsity_at(step) {
+                tr.prune_magnitude(s_t, g.pattern, opts.min_inputs)?;
+                for (i, p) in tr.params.iter().enumerate() {
+                    if let Some(mask) = &p.mask {
+                        opt.mask_state(i, mask);
+                    }
+                }
+            }
+        }
         if pos + batch > n {
             rng.shuffle(&mut order);
             pos = 0;

@@ -359,3 +359,22 @@ fn batch_norm_in_training_mode() {
         }
     }
 }
+
+#[test]
+fn cubic_schedule() {
+    let g = Gradual {
+        sparsity: 0.9,
+        initial: 0.0,
+        pattern: crate::prune::unstructured::Pattern::Unstructured,
+        start: 10,
+        end: 50,
+        every: 10,
+    };
+    assert_eq!(g.sparsity_at(5), None);
+    assert_eq!(g.sparsity_at(10), Some(0.0));
+    assert_eq!(g.sparsity_at(15), None);
+    // s_t = 0.9 (1 − (1 − 1/4)³) at a quarter of the way.
+    assert!((g.sparsity_at(20).unwrap() - 0.9 * (1.0 - 0.75f64.powi(3))).abs() < 1e-12);
+    assert_eq!(g.sparsity_at(50), Some(0.9));
+    assert_eq!(g.sparsity_at(60), None);
+}
