@@ -1601,6 +1601,34 @@ pub fn conv_transpose_forward(
 /// `w` (`[C_out, C_in / group, k...]`, which is the transposed conv's
 /// weight layout). Returns `[N, C_in, in_sp...]`.
 pub fn conv_input_grad(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32> {
+    let (cg, cog) = (geom.c_in / geom.group, geom.c_out / geom.group);
+    if geom.is_pointwise() {
+        // dX_g [cg x p] = W_gᵀ [cg x cog] · dY_g [cog x p], per image.
+        let p = geom.out_len();
+        let mut dx = vec![0.0f32; geom.n * geom.c_in * p];
+        dx.par_chunks_mut(geom.c_in * p)
+            .enumerate()
+            .for_each(|(img, dxi)| {
+                for grp in 0..geom.group {
+                    sgemm(
+                        cg,
+                        p,
+                        cog,
+                        1.0,
+                        MatRef::transposed(&w[grp * cog * cg..][..cog * cg], cg),
+                        MatRef::row_major(&dy[(img * geom.c_out + grp * cog) * p..][..cog * p], p),
+                        false,
+                        &mut dxi[grp * cg * p..][..cg * p],
+                        p,
+                        false,
+                    );
+                }
+            });
+        return dx;
+    }
+    if cg == 1 && cog == 1 {
+        return depthwise_input_grad(dy, w, geom);
+    }
     let t = ConvGeom {
         n: geom.n,
         c_in: geom.c_out,
@@ -1621,6 +1649,9 @@ pub fn conv_input_grad(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32> {
 /// `dW_g += dY_g · im2col(X_g)ᵀ`, images in parallel. Returns
 /// `[C_out, C_in / group, k...]`.
 pub fn conv_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
+    if geom.c_in == geom.group && geom.c_out == geom.group {
+        return depthwise_weight_grad(x, dy, geom);
+    }
     let g = geom.g3();
     let (pin, p, ks) = (geom.in_len(), geom.out_len(), geom.k_len());
     let cg = geom.c_in / geom.group;
@@ -1678,6 +1709,68 @@ pub fn conv_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
         total.iter_mut().zip(p).for_each(|(x, y)| *x += y);
     }
     total
+}
+
+/// For every (output index, input index) pair of one depthwise plane:
+/// calls `f(tap, out index, in index)`.
+#[inline(always)]
+fn depthwise_taps(g: &G3, mut f: impl FnMut(usize, usize, usize)) {
+    for kd in 0..g.k[0] {
+        for kh in 0..g.k[1] {
+            for kw in 0..g.k[2] {
+                let tap = (kd * g.k[1] + kh) * g.k[2] + kw;
+                let (offd, offh, offw) = (g.off(0, kd), g.off(1, kh), g.off(2, kw));
+                let (zl, zh) = g.valid(0, offd);
+                let (yl, yh) = g.valid(1, offh);
+                let (xl, xh) = g.valid(2, offw);
+                for z in zl..zh {
+                    let zi = (z * g.s[0]) as isize + offd;
+                    for y in yl..yh {
+                        let yi = (y * g.s[1]) as isize + offh;
+                        let orow = (z * g.o[1] + y) * g.o[2];
+                        let irow = (zi as usize * g.i[1] + yi as usize) * g.i[2];
+                        for xo in xl..xh {
+                            let xi = (xo * g.s[2]) as isize + offw;
+                            f(tap, orow + xo, irow + xi as usize);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Input gradient of a depthwise conv (one input and one output channel
+/// per group): direct loops, parallel over planes.
+fn depthwise_input_grad(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32> {
+    let g = geom.g3();
+    let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
+    let c = geom.c_in;
+    let mut dx = vec![0.0f32; geom.n * c * pin];
+    dx.par_chunks_mut(pin).enumerate().for_each(|(plane, dxp)| {
+        let ch = plane % c;
+        let wk = &w[ch * ks..][..ks];
+        let dyp = &dy[plane * p..][..p];
+        depthwise_taps(&g, |tap, o, i| dxp[i] += wk[tap] * dyp[o]);
+    });
+    dx
+}
+
+/// Weight gradient of a depthwise conv: per channel, sums over images in
+/// order (reproducible), channels in parallel.
+fn depthwise_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
+    let g = geom.g3();
+    let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
+    let c = geom.c_in;
+    let mut dw = vec![0.0f32; c * ks];
+    dw.par_chunks_mut(ks).enumerate().for_each(|(ch, dwc)| {
+        for img in 0..geom.n {
+            let plane = img * c + ch;
+            let (xp, dyp) = (&x[plane * pin..][..pin], &dy[plane * p..][..p]);
+            depthwise_taps(&g, |tap, o, i| dwc[tap] += xp[i] * dyp[o]);
+        }
+    });
+    dw
 }
 
 fn conv_transpose_macs(geom: &ConvGeom) -> u64 {

@@ -73,7 +73,7 @@ pub struct Trainable {
 /// What the forward pass kept for the backward pass.
 struct Tape {
     vals: Vec<Option<Arc<Tensor>>>,
-    /// BatchNormalization: normalised input and 1/std per channel.
+    /// BatchNormalization: batch mean and 1/std per channel.
     bn: HashMap<usize, (Vec<f32>, Vec<f32>)>,
     /// Dropout: scaled keep mask.
     dropout: HashMap<usize, Vec<f32>>,
@@ -254,11 +254,11 @@ impl Trainable {
             let res = match st.op_type.as_str() {
                 "BatchNormalization" if mode != BnMode::Eval => {
                     let state = self.bn.get_mut(&si).expect("every BN has state");
-                    let (y, xhat, invstd) = bn_train(&args, state, mode).map_err(|e| match e {
+                    let (y, mean, invstd) = bn_train(&args, state, mode).map_err(|e| match e {
                         Error::Usage(m) => Error::op(&st.label, &st.op_type, m),
                         o => o,
                     })?;
-                    tape_bn.insert(si, (xhat, invstd));
+                    tape_bn.insert(si, (mean, invstd));
                     vec![y]
                 }
                 "Dropout" if mode == BnMode::Train => {
@@ -331,8 +331,8 @@ impl Trainable {
                 .iter()
                 .map(|s| s.and_then(|s| tape.vals[s].as_deref().or(consts[s].as_deref())))
                 .collect();
-            let gin = if let Some((xhat, invstd)) = tape.bn.get(&si) {
-                bn_backward(&ins, gout[0], xhat, invstd)?
+            let gin = if let Some((mean, invstd)) = tape.bn.get(&si) {
+                bn_backward(&ins, gout[0], mean, invstd)?
             } else if let Some(mask) = tape.dropout.get(&si) {
                 let dy = gout[0].expect("checked above");
                 let v: Vec<f32> = dy.f32s()?.iter().zip(mask).map(|(d, m)| d * m).collect();
@@ -463,13 +463,24 @@ impl Trainable {
     }
 }
 
+/// Per-channel sums `(Σ f(plane values))` over the `[N, C, sp]` layout,
+/// channels in parallel.
+fn channel_sums(n: usize, c: usize, sp: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+    use rayon::prelude::*;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| (0..n).map(|b| f((b * c + ch) * sp, sp)).sum())
+        .collect()
+}
+
 /// Training-mode BatchNormalization: normalises by the batch statistics
-/// and moves the running ones. Returns (y, x̂, 1/std per channel).
+/// and moves the running ones. Returns (y, batch mean, 1/std per channel).
 fn bn_train(
     args: &[Option<&Tensor>],
     st: &mut BnState,
     mode: BnMode,
 ) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    use rayon::prelude::*;
     let get = |i: usize| {
         args.get(i)
             .copied()
@@ -483,42 +494,35 @@ fn bn_train(
     let sp: usize = sh[2..].iter().product();
     let xv = x.f32s()?;
     let m = (n * sp) as f64;
-    let mut mean = vec![0.0f64; c];
-    let mut var = vec![0.0f64; c];
-    for b in 0..n {
-        for ch in 0..c {
-            let plane = &xv[(b * c + ch) * sp..][..sp];
-            mean[ch] += plane.iter().map(|&v| v as f64).sum::<f64>();
-        }
-    }
-    mean.iter_mut().for_each(|v| *v /= m);
-    for b in 0..n {
-        for ch in 0..c {
-            let plane = &xv[(b * c + ch) * sp..][..sp];
-            var[ch] += plane
-                .iter()
-                .map(|&v| (v as f64 - mean[ch]).powi(2))
-                .sum::<f64>();
-        }
-    }
-    var.iter_mut().for_each(|v| *v /= m);
+    let sum = channel_sums(n, c, sp, |at, len| {
+        xv[at..at + len].iter().map(|&v| v as f64).sum()
+    });
+    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+    let var: Vec<f64> = channel_sums(n, c, sp, |at, len| {
+        let mu = mean[(at / len.max(1)) % c];
+        xv[at..at + len]
+            .iter()
+            .map(|&v| (v as f64 - mu).powi(2))
+            .sum()
+    })
+    .into_iter()
+    .map(|s| s / m)
+    .collect();
     let invstd: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v + st.eps as f64).sqrt()) as f32)
         .collect();
-    let mut xhat = vec![0.0f32; xv.len()];
+    let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
     let mut y = vec![0.0f32; xv.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            let at = (b * c + ch) * sp;
-            let (mu, is) = (mean[ch] as f32, invstd[ch]);
-            for i in at..at + sp {
-                let h = (xv[i] - mu) * is;
-                xhat[i] = h;
-                y[i] = h * scale[ch] + bias[ch];
+    y.par_chunks_mut(sp.max(1))
+        .enumerate()
+        .for_each(|(plane, yp)| {
+            let ch = plane % c;
+            let (mu, k, b0) = (mean32[ch], invstd[ch] * scale[ch], bias[ch]);
+            for (o, &v) in yp.iter_mut().zip(&xv[plane * sp..][..sp]) {
+                *o = (v - mu) * k + b0;
             }
-        }
-    }
+        });
     // Running statistics use the unbiased variance (as PyTorch does).
     let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
     match mode {
@@ -539,46 +543,51 @@ fn bn_train(
         }
         BnMode::Eval => {}
     }
-    Ok((Tensor::from_f32(sh.to_vec(), y), xhat, invstd))
+    Ok((Tensor::from_f32(sh.to_vec(), y), mean32, invstd))
 }
 
-/// Gradients of training-mode BatchNormalization's x, scale and bias.
+/// Gradients of training-mode BatchNormalization's x, scale and bias,
+/// given the batch mean and 1/std of the forward pass.
 fn bn_backward(
     ins: &[Option<&Tensor>],
     dy: Option<&Tensor>,
-    xhat: &[f32],
+    mean: &[f32],
     invstd: &[f32],
 ) -> Result<Vec<Option<Tensor>>> {
+    use rayon::prelude::*;
     let (Some(x), Some(scale), Some(dy)) = (ins[0], ins[1], dy) else {
         return Ok(vec![None; ins.len()]);
     };
     let sh = x.shape();
     let (n, c) = (sh[0], sh[1]);
     let sp: usize = sh[2..].iter().product();
-    let (dyv, gamma) = (dy.f32s()?, scale.f32s()?);
-    let mut dgamma = vec![0.0f64; c];
-    let mut dbeta = vec![0.0f64; c];
-    for b in 0..n {
-        for ch in 0..c {
-            let at = (b * c + ch) * sp;
-            for i in at..at + sp {
-                dbeta[ch] += dyv[i] as f64;
-                dgamma[ch] += (dyv[i] * xhat[i]) as f64;
-            }
-        }
-    }
+    let (xv, dyv, gamma) = (x.f32s()?, dy.f32s()?, scale.f32s()?);
+    let dbeta = channel_sums(n, c, sp, |at, len| {
+        dyv[at..at + len].iter().map(|&v| v as f64).sum()
+    });
+    let dgamma = channel_sums(n, c, sp, |at, len| {
+        let ch = (at / len.max(1)) % c;
+        let (mu, is) = (mean[ch], invstd[ch]);
+        xv[at..at + len]
+            .iter()
+            .zip(&dyv[at..at + len])
+            .map(|(&v, &d)| (d * (v - mu) * is) as f64)
+            .sum()
+    });
     let m = (n * sp) as f32;
     let mut dx = vec![0.0f32; dyv.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            let at = (b * c + ch) * sp;
-            let k = gamma[ch] * invstd[ch] / m;
+    dx.par_chunks_mut(sp.max(1))
+        .enumerate()
+        .for_each(|(plane, dxp)| {
+            let ch = plane % c;
+            let (mu, is) = (mean[ch], invstd[ch]);
+            let k = gamma[ch] * is / m;
             let (db, dg) = (dbeta[ch] as f32, dgamma[ch] as f32);
-            for i in at..at + sp {
-                dx[i] = k * (m * dyv[i] - db - xhat[i] * dg);
+            let at = plane * sp;
+            for ((o, &v), &d) in dxp.iter_mut().zip(&xv[at..at + sp]).zip(&dyv[at..at + sp]) {
+                *o = k * (m * d - db - (v - mu) * is * dg);
             }
-        }
-    }
+        });
     let mut g = vec![None; ins.len()];
     g[0] = Some(Tensor::from_f32(sh.to_vec(), dx));
     g[1] = Some(Tensor::from_f32(

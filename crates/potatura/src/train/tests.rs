@@ -327,7 +327,7 @@ fn batch_norm_in_training_mode() {
             .sum()
     };
     let mut st = state();
-    let (_, xhat, invstd) = bn_train(
+    let (_, mean, invstd) = bn_train(
         &[Some(&x), Some(&scale), Some(&bias)],
         &mut st,
         BnMode::Train,
@@ -339,7 +339,7 @@ fn batch_norm_in_training_mode() {
     let g = bn_backward(
         &[Some(&x), Some(&scale), Some(&bias), None, None],
         Some(&dy),
-        &xhat,
+        &mean,
         &invstd,
     )
     .unwrap();
