@@ -277,6 +277,10 @@ struct RecoverArgs {
     samples: Option<usize>,
     #[command(flatten)]
     train: TrainArgs,
+    /// Continue an interrupted run from its checkpoint (give the same data
+    /// and options).
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
     /// Only re-estimate BatchNormalization statistics on --data (forward
     /// passes, no training).
     #[arg(long)]
@@ -377,6 +381,11 @@ struct TrainArgs {
     /// --gradual and --snip leave layers with fewer inputs per output dense.
     #[arg(long = "train-min-inputs", default_value_t = 32, value_name = "N")]
     train_min_inputs: usize,
+    /// Write a checkpoint (OUT.ckpt) every N steps (0: only on Ctrl-C);
+    /// `recover --resume OUT.ckpt` continues from it with the same bytes as
+    /// an uninterrupted run.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    checkpoint_every: usize,
 }
 
 impl TrainArgs {
@@ -487,7 +496,9 @@ fn train_with_progress(
     data: &potatura::data::Feeds,
     labels: Option<&[i64]>,
     opts: &potatura::train::RecoverOptions,
+    ckpt: (&Path, usize, Option<potatura::train::Checkpoint>),
 ) -> Result<(Model, TrainStats)> {
+    let (ckpt_path, every, resume) = ckpt;
     use std::sync::atomic::{AtomicBool, Ordering};
     static STOP: AtomicBool = AtomicBool::new(false);
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
@@ -502,7 +513,11 @@ fn train_with_progress(
     let t0 = std::time::Instant::now();
     let (mut seen, mut last_loss, mut steps) = (0usize, f32::NAN, 0usize);
     let mut acc_avg: Option<f32> = None;
-    let model = potatura::train::recover(student, teacher, data, labels, opts, &mut |r| {
+    if let Some(c) = &resume {
+        pb.set_position(c.step as u64);
+    }
+    let mut save = |c: &potatura::train::Checkpoint| c.save(ckpt_path);
+    let mut on_step = |r: &potatura::train::StepReport| {
         seen += r.samples;
         steps = r.step;
         last_loss = r.loss;
@@ -520,8 +535,32 @@ fn train_with_progress(
             None => format!("loss {:.4}  {rate:.0} samples/s", r.loss),
         });
         !STOP.load(Ordering::SeqCst)
-    })?;
+    };
+    let model = potatura::train::recover_with(
+        student,
+        teacher,
+        data,
+        labels,
+        opts,
+        potatura::train::Hooks {
+            on_step: &mut on_step,
+            checkpoint_every: every,
+            on_checkpoint: &mut save,
+            resume,
+        },
+    )?;
     pb.finish_and_clear();
+    let interrupted = STOP.load(Ordering::SeqCst);
+    if interrupted {
+        eprintln!(
+            "interrupted: checkpoint written to {}; continue with --resume {}",
+            ckpt_path.display(),
+            ckpt_path.display()
+        );
+    } else if ckpt_path.exists() {
+        // The run finished: its checkpoint is stale.
+        let _ = std::fs::remove_file(ckpt_path);
+    }
     let secs = t0.elapsed().as_secs_f64();
     Ok((
         model,
@@ -531,9 +570,16 @@ fn train_with_progress(
             seconds: secs,
             samples_per_second: seen as f64 / secs.max(1e-9),
             final_loss: last_loss,
-            interrupted: STOP.load(Ordering::SeqCst),
+            interrupted,
         },
     ))
+}
+
+/// Where a run writing OUT keeps its checkpoint: OUT.ckpt.
+fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_os_string();
+    s.push(".ckpt");
+    PathBuf::from(s)
 }
 
 /// What a training run did.
@@ -634,8 +680,17 @@ fn recover_cmd(a: &RecoverArgs) -> Result<ExitCode> {
         (m, None)
     } else {
         let opts = a.train.options(data.samples())?;
+        let ckpt = checkpoint_path(&a.output);
         let (m, st) =
-            train_with_progress(&model, teacher.as_ref(), &data, labels.as_deref(), &opts)?;
+            train_with_progress(&model, teacher.as_ref(), &data, labels.as_deref(), &opts, {
+                let resume = a
+                    .resume
+                    .as_deref()
+                    .map(potatura::train::Checkpoint::load)
+                    .transpose()
+                    .context("--resume")?;
+                (&ckpt, a.train.checkpoint_every, resume)
+            })?;
         (m, Some(st))
     };
     potatura::onnx::save(&recovered, &a.output)?;
@@ -1393,9 +1448,18 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             gradual_prunings: 20,
             snip: None,
             train_min_inputs: 32,
+            checkpoint_every: 500,
         };
         let opts = train.options(data.samples())?;
-        let (m, stats) = train_with_progress(&pruned, Some(&model), &data, None, &opts)?;
+        let ckpt = checkpoint_path(out);
+        let (m, stats) = train_with_progress(
+            &pruned,
+            Some(&model),
+            &data,
+            None,
+            &opts,
+            (&ckpt, train.checkpoint_every, None),
+        )?;
         (
             m,
             Some(Recovery {

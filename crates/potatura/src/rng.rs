@@ -12,6 +12,17 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// The internal state, to continue the sequence later
+    /// ([`Rng::from_state`]).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A generator continuing from [`Rng::state`].
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state | 1)
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;

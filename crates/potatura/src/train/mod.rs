@@ -840,6 +840,149 @@ fn gather(data: &Feeds, idx: &[usize]) -> Result<Vec<(String, Tensor)>> {
         .collect()
 }
 
+/// Where a training run stands, to continue it exactly: the model so far
+/// (parameters and BatchNormalization statistics), the step, the random
+/// generator, the data order and the optimizer's moments.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// The model after `step` steps.
+    pub model: Model,
+    /// Steps done.
+    pub step: usize,
+    /// Steps planned.
+    pub total: usize,
+    rng: u64,
+    order: Vec<usize>,
+    pos: usize,
+    moments: (Vec<Vec<f32>>, Vec<Vec<f32>>, u64),
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    format: u32,
+    step: usize,
+    total: usize,
+    rng: u64,
+    order: Vec<usize>,
+    pos: usize,
+    adam_steps: u64,
+    m_sizes: Vec<usize>,
+    v_sizes: Vec<usize>,
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint as one zip file (`model.onnx`, `state.json`,
+    /// `m.npy`, `v.npy`), atomically.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        use std::io::Write;
+        let (m, v, t) = &self.moments;
+        let state = CheckpointState {
+            format: 1,
+            step: self.step,
+            total: self.total,
+            rng: self.rng,
+            order: self.order.clone(),
+            pos: self.pos,
+            adam_steps: *t,
+            m_sizes: m.iter().map(Vec::len).collect(),
+            v_sizes: v.iter().map(Vec::len).collect(),
+        };
+        let flat = |x: &[Vec<f32>]| {
+            let all: Vec<f32> = x.iter().flatten().copied().collect();
+            crate::data::npy::to_bytes(&Tensor::from_f32(vec![all.len()], all))
+        };
+        let io = |e: std::io::Error| Error::Io {
+            path: path.to_path_buf(),
+            error: e,
+        };
+        let zerr = |e: zip::result::ZipError| Error::Data {
+            path: path.to_path_buf(),
+            detail: format!("writing the checkpoint: {e}"),
+        };
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let o = zip::write::SimpleFileOptions::default();
+        for (name, bytes) in [
+            ("model.onnx", crate::onnx::to_bytes(&self.model)?),
+            (
+                "state.json",
+                serde_json::to_vec(&state).map_err(|e| Error::Usage(e.to_string()))?,
+            ),
+            ("m.npy", flat(m)?),
+            ("v.npy", flat(v)?),
+        ] {
+            w.start_file(name, o).map_err(zerr)?;
+            w.write_all(&bytes).map_err(io)?;
+        }
+        let bytes = w.finish().map_err(zerr)?.into_inner();
+        crate::onnx::write_atomic(path, &bytes)
+    }
+
+    /// Reads a checkpoint written by [`Checkpoint::save`].
+    pub fn load(path: &std::path::Path) -> Result<Checkpoint> {
+        use std::io::Read;
+        let bad = |detail: String| Error::Data {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let file = std::fs::File::open(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            error: e,
+        })?;
+        let mut z = zip::ZipArchive::new(file)
+            .map_err(|e| bad(format!("not a potatura checkpoint: {e}")))?;
+        let mut read = |name: &str| -> Result<Vec<u8>> {
+            let mut f = z
+                .by_name(name)
+                .map_err(|e| bad(format!("not a potatura checkpoint (no {name}: {e})")))?;
+            let mut b = Vec::new();
+            f.read_to_end(&mut b)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            Ok(b)
+        };
+        let state: CheckpointState = serde_json::from_slice(&read("state.json")?)
+            .map_err(|e| bad(format!("state.json: {e}")))?;
+        let model = crate::onnx::load_bytes(&read("model.onnx")?, None, path)?;
+        let split = |bytes: Vec<u8>, sizes: &[usize]| -> Result<Vec<Vec<f32>>> {
+            let t = crate::data::npy::parse(&bytes, path)?;
+            let all = t.f32s()?;
+            if all.len() != sizes.iter().sum::<usize>() {
+                return Err(bad("optimizer moments do not match their sizes".into()));
+            }
+            let mut at = 0;
+            Ok(sizes
+                .iter()
+                .map(|&n| {
+                    at += n;
+                    all[at - n..at].to_vec()
+                })
+                .collect())
+        };
+        let m = split(read("m.npy")?, &state.m_sizes)?;
+        let v = split(read("v.npy")?, &state.v_sizes)?;
+        Ok(Checkpoint {
+            model,
+            step: state.step,
+            total: state.total,
+            rng: state.rng,
+            order: state.order,
+            pos: state.pos,
+            moments: (m, v, state.adam_steps),
+        })
+    }
+}
+
+/// Checkpointing and resumption for [`recover_with`].
+pub struct Hooks<'a> {
+    /// Sees each step; returning false stops (Ctrl-C) after a checkpoint.
+    pub on_step: &'a mut dyn FnMut(&StepReport) -> bool,
+    /// Checkpoint every this many steps (0: only when stopped early).
+    pub checkpoint_every: usize,
+    /// Receives the checkpoints.
+    pub on_checkpoint: &'a mut dyn FnMut(&Checkpoint) -> Result<()>,
+    /// Continue from this checkpoint (its model replaces the student).
+    pub resume: Option<Checkpoint>,
+}
+
 /// Recovers a pruned `student` by training on `data`: distillation from
 /// `teacher` (the unpruned model) without labels, cross-entropy with
 /// `labels`, or both (`alpha`). Masks hold: every zero weight of the
@@ -853,6 +996,41 @@ pub fn recover(
     opts: &RecoverOptions,
     on_step: &mut dyn FnMut(&StepReport) -> bool,
 ) -> Result<Model> {
+    let mut none = |_: &Checkpoint| Ok(());
+    recover_with(
+        student,
+        teacher,
+        data,
+        labels,
+        opts,
+        Hooks {
+            on_step,
+            checkpoint_every: 0,
+            on_checkpoint: &mut none,
+            resume: None,
+        },
+    )
+}
+
+/// [`recover`] with checkpoints and resumption.
+pub fn recover_with(
+    student: &Model,
+    teacher: Option<&Model>,
+    data: &Feeds,
+    labels: Option<&[i64]>,
+    opts: &RecoverOptions,
+    hooks: Hooks<'_>,
+) -> Result<Model> {
+    let Hooks {
+        on_step,
+        checkpoint_every,
+        on_checkpoint,
+        resume,
+    } = hooks;
+    let student = match &resume {
+        Some(c) => &c.model,
+        None => student,
+    };
     let n = data.samples();
     if n == 0 {
         return Err(Error::Usage("no training samples".into()));
@@ -881,7 +1059,44 @@ pub fn recover(
     let mut rng = Rng::new(opts.seed);
     let mut order: Vec<usize> = (0..n).collect();
     let mut pos = n;
-    if let Some(sp) = opts.snip {
+    let mut first = 0;
+    if let Some(c) = &resume {
+        if c.order.len() != n {
+            return Err(Error::Usage(format!(
+                "the checkpoint was made on {} samples, this data has {n}; resume with the same data",
+                c.order.len()
+            )));
+        }
+        let (m, v, t) = c.moments.clone();
+        if !opt.set_state(m, v, t) {
+            return Err(Error::Usage(
+                "the checkpoint's optimizer state does not fit this model or --optimizer".into(),
+            ));
+        }
+        rng = Rng::from_state(c.rng);
+        order = c.order.clone();
+        pos = c.pos;
+        first = c.step;
+    }
+    let snapshot = |tr: &Trainable,
+                    step: usize,
+                    rng: &Rng,
+                    order: &[usize],
+                    pos: usize,
+                    opt: &Optimizer|
+     -> Result<Checkpoint> {
+        let (m, v, t) = opt.state();
+        Ok(Checkpoint {
+            model: tr.to_model()?,
+            step,
+            total: opts.steps,
+            rng: rng.state(),
+            order: order.to_vec(),
+            pos,
+            moments: (m.to_vec(), v.to_vec(), t),
+        })
+    };
+    if let (Some(sp), None) = (opts.snip, &resume) {
         // SNIP (Lee et al. 2019): connection sensitivity |g · w| on one
         // batch at initialization, one global threshold.
         let idx: Vec<usize> = (0..batch).collect();
@@ -923,7 +1138,7 @@ pub fn recover(
             tr.apply_masks()?;
         }
     }
-    for step in 0..opts.steps {
+    for step in first..opts.steps {
         if let Some(g) = &opts.gradual {
             if let Some(s_t) = g.sparsity_at(step) {
                 tr.prune_magnitude(s_t, g.pattern, opts.min_inputs)?;
@@ -992,7 +1207,13 @@ pub fn recover(
             lr,
             samples: batch,
         };
-        if !on_step(&report) {
+        let go_on = on_step(&report);
+        let due =
+            checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < opts.steps;
+        if !go_on || due {
+            on_checkpoint(&snapshot(&tr, step + 1, &rng, &order, pos, &opt)?)?;
+        }
+        if !go_on {
             break;
         }
     }

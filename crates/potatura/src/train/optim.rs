@@ -172,6 +172,25 @@ impl Optimizer {
         }
     }
 
+    /// The moments (per parameter) and the step count, for checkpoints.
+    pub fn state(&self) -> (&[Vec<f32>], &[Vec<f32>], u64) {
+        (&self.m, &self.v, self.t)
+    }
+
+    /// Restores [`Optimizer::state`]; the sizes must match the parameters.
+    pub fn set_state(&mut self, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>, t: u64) -> bool {
+        let fits = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.len() == y.len())
+        };
+        if !fits(&m, &self.m) || !fits(&v, &self.v) {
+            return false;
+        }
+        self.m = m;
+        self.v = v;
+        self.t = t;
+        true
+    }
+
     /// Zeroes the optimizer state of parameter `i` where `keep` is false
     /// (pruned weights carry no momentum back to life).
     pub fn mask_state(&mut self, i: usize, keep: &[bool]) {

@@ -399,3 +399,91 @@ fn snip_prunes_at_initialization_then_trains_from_scratch() {
     // 40 steps from scratch (chance is 10%; measured 64% here, 79% dense).
     assert!(accuracy(&out, &test, &labels) > 0.5);
 }
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_bytes() {
+    use potatura::train::{recover_with, Checkpoint, Hooks};
+    let (m, train, _, _) = mnist();
+    let inputs = resolve_input_shapes(&m, &[]).unwrap();
+    let so = SparseOptions {
+        method: Method::Magnitude,
+        pattern: Pattern::NM { n: 2, m: 4 },
+        sparsity: 0.0,
+        allocation: Allocation::Uniform,
+        per_row: false,
+        overrides: Vec::new(),
+        skip_first: false,
+        skip_last: false,
+        min_inputs: 32,
+        seed: 0,
+        calib_batch: 32,
+        damp: 0.2,
+        block: 128,
+        token_mask: None,
+        dense_target: true,
+    };
+    let student = sparsify(&m, &inputs, &so, None).unwrap().model;
+    let opts = RecoverOptions {
+        steps: 10,
+        batch: 32,
+        optimizer: potatura::train::optim::OptimKind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        lr: 1e-3,
+        ..RecoverOptions::default()
+    };
+    let whole = recover(&student, Some(&m), &train, None, &opts, &mut |_| true).unwrap();
+    // Stop after 4 steps ("Ctrl-C"): a checkpoint is written, through a file.
+    let path = std::env::temp_dir().join(format!("potatura-ckpt-{}.ckpt", std::process::id()));
+    let mut saved = 0;
+    let mut save = |c: &Checkpoint| {
+        saved += 1;
+        c.save(&path)
+    };
+    let mut stop = |r: &potatura::train::StepReport| r.step < 4;
+    recover_with(
+        &student,
+        Some(&m),
+        &train,
+        None,
+        &opts,
+        Hooks {
+            on_step: &mut stop,
+            checkpoint_every: 3,
+            on_checkpoint: &mut save,
+            resume: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(saved, 2, "one at step 3, one on the stop at step 4");
+    let ckpt = Checkpoint::load(&path).unwrap();
+    assert_eq!(ckpt.step, 4);
+    let mut none = |_: &Checkpoint| Ok(());
+    let resumed = recover_with(
+        &student,
+        Some(&m),
+        &train,
+        None,
+        &opts,
+        Hooks {
+            on_step: &mut |_| true,
+            checkpoint_every: 0,
+            on_checkpoint: &mut none,
+            resume: Some(ckpt),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        potatura::onnx::to_bytes(&resumed).unwrap(),
+        potatura::onnx::to_bytes(&whole).unwrap()
+    );
+    // Not a checkpoint.
+    std::fs::write(&path, b"nope").unwrap();
+    assert!(Checkpoint::load(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("not a potatura checkpoint"));
+    let _ = std::fs::remove_file(&path);
+}
