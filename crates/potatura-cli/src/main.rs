@@ -386,6 +386,14 @@ struct TrainArgs {
     /// an uninterrupted run.
     #[arg(long, default_value_t = 500, value_name = "N")]
     checkpoint_every: usize,
+    /// Also distil this intermediate tensor (by name) by MSE against the
+    /// teacher's, e.g. a detector's neck outputs (repeatable; its shape
+    /// must be the same in both models).
+    #[arg(long = "feature", value_name = "TENSOR")]
+    features: Vec<String>,
+    /// Weight of each --feature loss.
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    feature_weight: f32,
 }
 
 impl TrainArgs {
@@ -437,6 +445,8 @@ impl TrainArgs {
             },
             snip: self.snip,
             min_inputs: self.train_min_inputs,
+            features: self.features.clone(),
+            feature_weight: self.feature_weight,
         })
     }
 
@@ -1449,6 +1459,8 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             snip: None,
             train_min_inputs: 32,
             checkpoint_every: 500,
+            features: Vec::new(),
+            feature_weight: 1.0,
         };
         let opts = train.options(data.samples())?;
         let ckpt = checkpoint_path(out);

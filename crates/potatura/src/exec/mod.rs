@@ -259,6 +259,16 @@ impl Executor {
         self.inputs.iter().find(|s| s.name == name).map(|s| s.slot)
     }
 
+    /// Slot of a computed value (a node output), by name.
+    pub(crate) fn value_slot(&self, name: &str) -> Option<usize> {
+        self.steps.iter().find_map(|st| {
+            st.out_names
+                .iter()
+                .position(|n| n == name)
+                .map(|i| st.outputs[i])
+        })
+    }
+
     /// Slots of the graph outputs, in order.
     pub(crate) fn output_slots(&self) -> Vec<usize> {
         self.outputs.iter().map(|(_, s)| *s).collect()

@@ -313,10 +313,25 @@ impl Trainable {
     /// Backward pass from the gradients of the graph outputs; returns one
     /// gradient per parameter. Fails, naming the tensor, when a parameter
     /// received none (a path the rules do not cover).
-    fn backward(&self, tape: &Tape, out_grads: Vec<Option<Tensor>>) -> Result<Vec<Vec<f32>>> {
+    fn backward(
+        &self,
+        tape: &Tape,
+        out_grads: Vec<Option<Tensor>>,
+        extra: Vec<(usize, Tensor)>,
+    ) -> Result<Vec<Vec<f32>>> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.exec.n_slots()];
         for (s, g) in self.exec.output_slots().into_iter().zip(out_grads) {
             grads[s] = g;
+        }
+        for (s, g) in extra {
+            match &mut grads[s] {
+                Some(acc) => acc
+                    .f32s_mut()?
+                    .iter_mut()
+                    .zip(g.f32s()?)
+                    .for_each(|(a, b)| *a += b),
+                slot => *slot = Some(g),
+            }
         }
         let consts = self.exec.consts();
         for (si, st) in self.exec.steps().iter().enumerate().rev() {
@@ -686,6 +701,11 @@ pub struct RecoverOptions {
     /// Layers whose rows have fewer inputs stay dense under `gradual` and
     /// `snip` (a 1-channel first conv has 9).
     pub min_inputs: usize,
+    /// Intermediate tensors (by name) distilled by MSE against the
+    /// teacher's (detector necks, encoder layers); shapes must agree.
+    pub features: Vec<String>,
+    /// Weight of the feature losses.
+    pub feature_weight: f32,
 }
 
 /// Gradual pruning during training (Zhu & Gupta 2017): at steps `start`,
@@ -746,6 +766,8 @@ impl Default for RecoverOptions {
             gradual: None,
             snip: None,
             min_inputs: 32,
+            features: Vec::new(),
+            feature_weight: 1.0,
         }
     }
 }
@@ -1113,7 +1135,7 @@ pub fn recover_with(
         let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
         let (outs, tape) = tr.forward(&feeds, BnMode::Train, &mut rng)?;
         let (_, out_grads, _) = loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
-        let grads = tr.backward(&tape, out_grads)?;
+        let grads = tr.backward(&tape, out_grads, Vec::new())?;
         drop(tape);
         let prunable = tr.prunable(opts.min_inputs);
         let mut all: Vec<f64> = Vec::new();
@@ -1138,6 +1160,25 @@ pub fn recover_with(
             tr.apply_masks()?;
         }
     }
+    if !opts.features.is_empty() && teacher_exec.is_none() {
+        return Err(Error::Usage(
+            "feature distillation needs a teacher model".into(),
+        ));
+    }
+    let feature_slots: Vec<(usize, String)> = opts
+        .features
+        .iter()
+        .map(|f| {
+            tr.exec
+                .value_slot(f)
+                .map(|s| (s, f.clone()))
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "feature '{f}': the student computes no tensor of that name"
+                    ))
+                })
+        })
+        .collect::<Result<_>>()?;
     for step in first..opts.steps {
         if let Some(g) = &opts.gradual {
             if let Some(s_t) = g.sparsity_at(step) {
@@ -1159,26 +1200,59 @@ pub fn recover_with(
         for (_, t) in feeds.iter_mut() {
             opts.augment.apply(t, &mut rng)?;
         }
+        let mut t_feats: Vec<Tensor> = Vec::new();
         let t_out = match &teacher_exec {
-            Some(e) => Some(
-                e.run(feeds.clone())?
-                    .into_iter()
-                    .map(|(_, t)| t)
-                    .collect::<Vec<_>>(),
-            ),
+            Some(e) => {
+                let mut found: HashMap<String, Tensor> = HashMap::new();
+                let outs = e.run_observed(feeds.clone(), &mut |n, t| {
+                    if opts.features.iter().any(|f| f == n) {
+                        found.insert(n.to_string(), t.clone());
+                    }
+                })?;
+                for f in &opts.features {
+                    t_feats.push(found.remove(f).ok_or_else(|| {
+                        Error::Usage(format!("the teacher has no computed tensor '{f}'"))
+                    })?);
+                }
+                Some(outs.into_iter().map(|(_, t)| t).collect::<Vec<_>>())
+            }
             None => None,
         };
         let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
         let (outs, tape) = tr.forward(&feeds, BnMode::Train, &mut rng)?;
-        let (loss, out_grads, right) =
+        let (mut loss, out_grads, right) =
             loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
+        // MSE on named intermediate features against the teacher's.
+        let mut extra = Vec::new();
+        for (k, (slot, name)) in feature_slots.iter().enumerate() {
+            let s = tape.vals[*slot]
+                .as_deref()
+                .ok_or_else(|| Error::Usage(format!("feature '{name}' was not computed")))?;
+            let t = &t_feats[k];
+            if s.shape() != t.shape() {
+                return Err(Error::Usage(format!(
+                    "feature '{name}' has shape {:?} in the student but {:?} in the teacher; distil features whose channels were not pruned",
+                    s.shape(),
+                    t.shape()
+                )));
+            }
+            let (l, g) = loss::mse(s.f32s()?, t.f32s()?);
+            loss += opts.feature_weight * l;
+            extra.push((
+                *slot,
+                Tensor::from_f32(
+                    s.shape().to_vec(),
+                    g.into_iter().map(|v| v * opts.feature_weight).collect(),
+                ),
+            ));
+        }
         if !loss.is_finite() {
             return Err(Error::Usage(format!(
                 "the loss became {loss} at step {}; lower --lr",
                 step + 1
             )));
         }
-        let mut grads = tr.backward(&tape, out_grads)?;
+        let mut grads = tr.backward(&tape, out_grads, extra)?;
         drop(tape);
         if let Some(c) = opts.clip {
             optim::clip_global_norm(&mut grads, c);

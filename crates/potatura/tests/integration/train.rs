@@ -487,3 +487,66 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
         .contains("not a potatura checkpoint"));
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn intermediate_features_are_distilled() {
+    let (m, train, _, _) = mnist();
+    // The last ReLU's output: the features before pooling.
+    let feat = m
+        .graph
+        .nodes
+        .iter()
+        .rev()
+        .find(|n| n.op_type == "Relu")
+        .unwrap()
+        .outputs[0]
+        .clone();
+    let mut student = m.clone();
+    let mut rng = potatura::rng::Rng::new(9);
+    for t in student.graph.initializers.iter_mut() {
+        let mut v = t.to_tensor().unwrap();
+        if v.rank() == 4 {
+            v.f32s_mut()
+                .unwrap()
+                .iter_mut()
+                .for_each(|w| *w *= 1.0 + 0.3 * rng.normal() as f32);
+            t.set(&v).unwrap();
+        }
+    }
+    let batch = train.take(64).unwrap();
+    let feature_err = |s: &Model| {
+        let grab = |model: &Model| {
+            let mut out = None;
+            Executor::new(model)
+                .unwrap()
+                .run_observed(batch.0.clone(), &mut |n, t| {
+                    if n == feat {
+                        out = Some(t.f32s().unwrap().to_vec());
+                    }
+                })
+                .unwrap();
+            out.unwrap()
+        };
+        let (a, b) = (grab(s), grab(&m));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum::<f64>()
+    };
+    let opts = RecoverOptions {
+        steps: 12,
+        features: vec![feat.clone()],
+        ..RecoverOptions::default()
+    };
+    let out = recover(&student, Some(&m), &train, None, &opts, &mut |_| true).unwrap();
+    assert!(feature_err(&out) < 0.7 * feature_err(&student));
+    // A tensor the student does not compute; features without a teacher.
+    let bad = RecoverOptions {
+        features: vec!["nope".into()],
+        ..opts.clone()
+    };
+    let e = recover(&student, Some(&m), &train, None, &bad, &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'nope'"), "{e}");
+}
