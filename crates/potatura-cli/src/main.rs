@@ -246,6 +246,11 @@ struct PruneArgs {
     /// Peak learning rate of --recover.
     #[arg(long, default_value_t = 0.01, value_name = "F")]
     recover_lr: f32,
+    /// With --recover and a MACs or parameter target: prune in K rounds,
+    /// each to the K-th root of the target, recovering after each (the
+    /// --recover-epochs are shared out).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    rounds: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -1289,6 +1294,9 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     if a.eval_labels.is_some() && a.eval_data.is_none() {
         bail!("--eval-labels needs --eval-data");
     }
+    if a.rounds > 1 && (!a.recover || unstructured || a.plan.is_some()) {
+        bail!("--rounds K prunes structurally in K rounds with recovery in between: it needs --recover and a MACs or parameter target (for unstructured sparsity while training, use recover --gradual F)");
+    }
     let calib = calib_feeds(&inputs, &a.calib, a.calib_samples, &a.images, a.seed)?;
     let opts = potatura::prune::Options {
         select: Select {
@@ -1462,16 +1470,63 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             features: Vec::new(),
             feature_weight: 1.0,
         };
-        let opts = train.options(data.samples())?;
+        let topts = train.options(data.samples())?;
         let ckpt = checkpoint_path(out);
-        let (m, stats) = train_with_progress(
-            &pruned,
-            Some(&model),
-            &data,
-            None,
-            &opts,
-            (&ckpt, train.checkpoint_every, None),
-        )?;
+        let (m, stats) = if a.rounds > 1 {
+            // Prune a little, recover, repeat; the epochs are shared out.
+            let mut per = topts.clone();
+            per.steps = (topts.steps / a.rounds).max(1);
+            let pb = indicatif::ProgressBar::new((per.steps * a.rounds) as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} prune + recover [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            let t0 = std::time::Instant::now();
+            let (mut done, mut last) = (0usize, f32::NAN);
+            let m = potatura::train::prune_iteratively(
+                &model,
+                &inputs,
+                &opts,
+                calib.as_ref(),
+                a.rounds,
+                &data,
+                None,
+                &per,
+                &mut |r, _| pb.set_message(format!("round {}/{}", r + 1, a.rounds)),
+                &mut |rep| {
+                    done += 1;
+                    last = rep.loss;
+                    pb.inc(1);
+                    true
+                },
+            )
+            .with_context(ctx)?;
+            pb.finish_and_clear();
+            let secs = t0.elapsed().as_secs_f64();
+            (
+                m,
+                TrainStats {
+                    steps: done,
+                    planned_steps: per.steps * a.rounds,
+                    seconds: secs,
+                    samples_per_second: (done * per.batch) as f64 / secs.max(1e-9),
+                    final_loss: last,
+                    interrupted: false,
+                },
+            )
+        } else {
+            train_with_progress(
+                &pruned,
+                Some(&model),
+                &data,
+                None,
+                &topts,
+                (&ckpt, train.checkpoint_every, None),
+            )?
+        };
         (
             m,
             Some(Recovery {

@@ -749,3 +749,54 @@ fn recover_distils_a_pruned_model_and_keeps_its_zeros() {
         &["5000 labels for 2048 samples"],
     );
 }
+
+#[test]
+fn prune_recovers_in_rounds() {
+    let dir = tmp("rounds");
+    let out = dir.join("r.onnx");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&potatura(&[
+        "prune",
+        p(&example("mnist_cnn.onnx")),
+        "-o",
+        p(&out),
+        "--target-macs",
+        "0.5",
+        "--recover",
+        "--rounds",
+        "2",
+        "--recover-data",
+        p(&example("train-images-2k-idx3-ubyte.gz")),
+        "--recover-epochs",
+        "0.5",
+        "--eval-data",
+        p(&example("t10k-images-5k-idx3-ubyte.gz")),
+        "--eval-labels",
+        p(&example("t10k-labels-5k-idx1-ubyte.gz")),
+        "--latency-seconds",
+        "0",
+        "--json",
+    ])))
+    .unwrap();
+    let (b, a) = (&json["before"], &json["after"]);
+    assert!(a["macs"].as_f64().unwrap() <= 0.5 * b["macs"].as_f64().unwrap());
+    let rec = &json["recovery"];
+    assert_eq!(rec["training"]["steps"], 16, "{rec}");
+    let right_after = rec["right_after_pruning"]["accuracy"].as_f64().unwrap();
+    assert!(
+        a["accuracy"].as_f64().unwrap() > right_after.max(0.9),
+        "{json}"
+    );
+    assert_fails(
+        &potatura(&[
+            "prune",
+            p(&example("mnist_cnn.onnx")),
+            "-o",
+            p(&out),
+            "--target-macs",
+            "0.5",
+            "--rounds",
+            "2",
+        ]),
+        &["--rounds", "--recover"],
+    );
+}

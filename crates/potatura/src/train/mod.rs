@@ -1294,6 +1294,55 @@ pub fn recover_with(
     tr.to_model()
 }
 
+/// Iterative structured pruning (prune a little, recover, repeat): in each
+/// of `rounds` rounds the current model is pruned to `f^(1/rounds)` of its
+/// own MACs or parameters (so the last round reaches `f` of the
+/// original's), then recovered by [`recover`] with `ropts` (its steps are
+/// per round) against the original model as teacher. `on_round(r,
+/// pruned)` sees each round's pruned model before it is recovered.
+#[allow(clippy::too_many_arguments)]
+pub fn prune_iteratively(
+    model: &Model,
+    inputs: &[crate::ir::InputShape],
+    popts: &crate::prune::Options,
+    calib: Option<&Feeds>,
+    rounds: usize,
+    data: &Feeds,
+    labels: Option<&[i64]>,
+    ropts: &RecoverOptions,
+    on_round: &mut dyn FnMut(usize, &Model),
+    on_step: &mut dyn FnMut(&StepReport) -> bool,
+) -> Result<Model> {
+    use crate::prune::Target;
+    let rounds = rounds.max(1);
+    let step_target = match popts.select.target {
+        Target::Macs(f) => Target::Macs(f.powf(1.0 / rounds as f64)),
+        Target::Params(f) => Target::Params(f.powf(1.0 / rounds as f64)),
+        other => {
+            return Err(Error::Usage(format!(
+                "iterative pruning needs a MACs or parameter target, not {other:?}"
+            )))
+        }
+    };
+    let mut current = model.clone();
+    let mut stop = false;
+    for r in 0..rounds {
+        let mut o = popts.clone();
+        o.select.target = step_target;
+        let pruned = crate::prune::structured(&current, inputs, &o, calib)?.model;
+        on_round(r, &pruned);
+        current = recover(&pruned, Some(model), data, labels, ropts, &mut |rep| {
+            let go = on_step(rep);
+            stop |= !go;
+            go
+        })?;
+        if stop {
+            break;
+        }
+    }
+    Ok(current)
+}
+
 /// Re-estimates BatchNormalization running statistics of `model` on
 /// `data` (forward passes only, in batches of `batch`): each becomes the
 /// average of the batch statistics. Pruning shifts activations; this
