@@ -399,6 +399,10 @@ struct TrainArgs {
     /// Weight of each --feature loss.
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     feature_weight: f32,
+    /// Time budget: after timing the first steps, shorten the run (and its
+    /// learning-rate schedule) to end within this many seconds.
+    #[arg(long, value_name = "S")]
+    max_seconds: Option<f64>,
 }
 
 impl TrainArgs {
@@ -452,6 +456,7 @@ impl TrainArgs {
             min_inputs: self.train_min_inputs,
             features: self.features.clone(),
             feature_weight: self.feature_weight,
+            max_seconds: self.max_seconds,
         })
     }
 
@@ -1469,6 +1474,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             checkpoint_every: 500,
             features: Vec::new(),
             feature_weight: 1.0,
+            max_seconds: None,
         };
         let topts = train.options(data.samples())?;
         let ckpt = checkpoint_path(out);

@@ -706,6 +706,10 @@ pub struct RecoverOptions {
     pub features: Vec<String>,
     /// Weight of the feature losses.
     pub feature_weight: f32,
+    /// Wall-clock budget in seconds: after timing the first steps, the run
+    /// (and its schedule) is shortened to fit. The step count then depends
+    /// on the machine.
+    pub max_seconds: Option<f64>,
 }
 
 /// Gradual pruning during training (Zhu & Gupta 2017): at steps `start`,
@@ -768,6 +772,7 @@ impl Default for RecoverOptions {
             min_inputs: 32,
             features: Vec::new(),
             feature_weight: 1.0,
+            max_seconds: None,
         }
     }
 }
@@ -1179,7 +1184,19 @@ pub fn recover_with(
                 })
         })
         .collect::<Result<_>>()?;
-    for step in first..opts.steps {
+    // A time budget shortens the run (and its schedule) once the first
+    // steps have been timed.
+    let mut total = opts.steps;
+    let started = std::time::Instant::now();
+    let mut step = first;
+    while step < total {
+        if let (Some(budget), true) = (opts.max_seconds, step == first + 3) {
+            let per = started.elapsed().as_secs_f64() / 3.0;
+            total = total.min(
+                step + ((budget - started.elapsed().as_secs_f64()) / per.max(1e-9)).max(1.0)
+                    as usize,
+            );
+        }
         if let Some(g) = &opts.gradual {
             if let Some(s_t) = g.sparsity_at(step) {
                 tr.prune_magnitude(s_t, g.pattern, opts.min_inputs)?;
@@ -1257,7 +1274,7 @@ pub fn recover_with(
         if let Some(c) = opts.clip {
             optim::clip_global_norm(&mut grads, c);
         }
-        let lr = optim::lr_at(opts.schedule, opts.lr, step, opts.steps, opts.warmup);
+        let lr = optim::lr_at(opts.schedule, opts.lr, step, total, opts.warmup);
         {
             let decay: Vec<bool> = tr.params.iter().map(|p| p.decay).collect();
             let mut views: Vec<&mut [f32]> = tr
@@ -1275,21 +1292,21 @@ pub fn recover_with(
         tr.apply_masks()?;
         let report = StepReport {
             step: step + 1,
-            total: opts.steps,
+            total,
             loss,
             accuracy: right.map(|r| r as f32 / batch as f32),
             lr,
             samples: batch,
         };
         let go_on = on_step(&report);
-        let due =
-            checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < opts.steps;
+        let due = checkpoint_every > 0 && (step + 1) % checkpoint_every == 0 && step + 1 < total;
         if !go_on || due {
             on_checkpoint(&snapshot(&tr, step + 1, &rng, &order, pos, &opt)?)?;
         }
         if !go_on {
             break;
         }
+        step += 1;
     }
     tr.to_model()
 }

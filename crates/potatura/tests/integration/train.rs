@@ -105,6 +105,21 @@ fn unstructured_masks_hold_exactly_through_training() {
     })
     .unwrap();
     assert_eq!(n, 3);
+    // A time budget far below 24 steps' cost ends the run early, with the
+    // schedule fitted to the shorter run.
+    let quick = RecoverOptions {
+        max_seconds: Some(0.0),
+        ..opts.clone()
+    };
+    let mut last = None;
+    recover(&sparse, Some(&m), &train, None, &quick, &mut |r| {
+        last = Some((r.step, r.total));
+        true
+    })
+    .unwrap();
+    let (step, total) = last.unwrap();
+    assert_eq!(step, total);
+    assert!(total < 24 && total >= 4, "{total}");
 }
 
 #[test]
