@@ -119,7 +119,7 @@ fn unstructured_masks_hold_exactly_through_training() {
     .unwrap();
     let (step, total) = last.unwrap();
     assert_eq!(step, total);
-    assert!(total < 24 && total >= 4, "{total}");
+    assert!((4..24).contains(&total), "{total}");
 }
 
 #[test]
