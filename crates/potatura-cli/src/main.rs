@@ -678,20 +678,13 @@ fn recover_cmd(a: &RecoverArgs) -> Result<ExitCode> {
         .transpose()
         .context("--labels")?
         .map(|l| l.to_i64_vec());
-    let eval = match &a.eval_data {
-        Some(d) => {
-            let x = load_one(&inputs, d, &a.images, eval_views(a.eval_samples))
-                .context("--eval-data")?;
-            let l = a
-                .eval_labels
-                .as_deref()
-                .map(potatura::data::load_tensor)
-                .transpose()?
-                .map(|l| l.to_i64_vec());
-            Some((x, l))
-        }
-        None => None,
-    };
+    let eval = eval_set(
+        &inputs,
+        a.eval_data.as_deref(),
+        a.eval_labels.as_deref(),
+        &a.images,
+        a.eval_samples,
+    )?;
     sp.finish_and_clear();
     let (recovered, training) = if a.bn_only {
         let sp = stage("re-estimating BatchNormalization statistics");
@@ -914,6 +907,26 @@ fn load_one(
     let spec = [path.display().to_string()];
     let mut f = potatura::data::load_feeds(inputs, &spec, &opts)?;
     Ok(f.0.remove(0).1)
+}
+
+/// The `--eval-data` set (file or image folder) and its `--eval-labels`.
+fn eval_set(
+    inputs: &[potatura::ir::InputShape],
+    data: Option<&Path>,
+    labels: Option<&Path>,
+    images: &ImageArgs,
+    samples: Option<usize>,
+) -> Result<Option<(potatura::ir::Tensor, Option<Vec<i64>>)>> {
+    let Some(d) = data else {
+        return Ok(None);
+    };
+    let x = load_one(inputs, d, images, eval_views(samples)).context("--eval-data")?;
+    let labels = labels
+        .map(potatura::data::load_tensor)
+        .transpose()
+        .context("--eval-labels")?
+        .map(|l| l.to_i64_vec());
+    Ok(Some((x, labels)))
 }
 
 /// Views for held-out image crops (none shared with calibration's).
@@ -1408,20 +1421,13 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             out.display()
         );
     }
-    let eval = match &a.eval_data {
-        Some(d) => {
-            let x = load_one(&inputs, d, &a.images, eval_views(a.eval_samples))
-                .context("--eval-data")?;
-            let labels = a
-                .eval_labels
-                .as_deref()
-                .map(potatura::data::load_tensor)
-                .transpose()?
-                .map(|l| l.to_i64_vec());
-            Some((x, labels))
-        }
-        None => None,
-    };
+    let eval = eval_set(
+        &inputs,
+        a.eval_data.as_deref(),
+        a.eval_labels.as_deref(),
+        &a.images,
+        a.eval_samples,
+    )?;
     let (pruned, recovery) = if a.recover {
         let specs = if a.recover_data.is_empty() {
             &a.calib

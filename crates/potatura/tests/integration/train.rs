@@ -28,6 +28,28 @@ fn mnist() -> (Model, Feeds, Tensor, Vec<i64>) {
     (m, train, test, labels)
 }
 
+/// Magnitude pruning options (layers with fewer than 32 inputs per output
+/// stay dense).
+fn magnitude(pattern: Pattern, sparsity: f64) -> SparseOptions {
+    SparseOptions {
+        method: Method::Magnitude,
+        pattern,
+        sparsity,
+        allocation: Allocation::Uniform,
+        per_row: false,
+        overrides: Vec::new(),
+        skip_first: false,
+        skip_last: false,
+        min_inputs: 32,
+        seed: 0,
+        calib_batch: 32,
+        damp: 0.2,
+        block: 128,
+        token_mask: None,
+        dense_target: true,
+    }
+}
+
 fn accuracy(m: &Model, x: &Tensor, labels: &[i64]) -> f64 {
     let p = potatura::eval::predict(&Executor::new(m).unwrap(), x, 250).unwrap();
     potatura::eval::score(&p, Some(labels), None)
@@ -55,23 +77,7 @@ fn zeros(m: &Model) -> Vec<(String, Vec<usize>)> {
 fn unstructured_masks_hold_exactly_through_training() {
     let (m, train, test, labels) = mnist();
     let inputs = resolve_input_shapes(&m, &[]).unwrap();
-    let so = SparseOptions {
-        method: Method::Magnitude,
-        pattern: Pattern::Unstructured,
-        sparsity: 0.7,
-        allocation: Allocation::Uniform,
-        per_row: false,
-        overrides: Vec::new(),
-        skip_first: false,
-        skip_last: false,
-        min_inputs: 32,
-        seed: 0,
-        calib_batch: 32,
-        damp: 0.2,
-        block: 128,
-        token_mask: None,
-        dense_target: true,
-    };
+    let so = magnitude(Pattern::Unstructured, 0.7);
     let sparse = sparsify(&m, &inputs, &so, None).unwrap().model;
     let before = accuracy(&sparse, &test, &labels);
     let opts = RecoverOptions {
@@ -420,23 +426,7 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     use potatura::train::{recover_with, Checkpoint, Hooks};
     let (m, train, _, _) = mnist();
     let inputs = resolve_input_shapes(&m, &[]).unwrap();
-    let so = SparseOptions {
-        method: Method::Magnitude,
-        pattern: Pattern::NM { n: 2, m: 4 },
-        sparsity: 0.0,
-        allocation: Allocation::Uniform,
-        per_row: false,
-        overrides: Vec::new(),
-        skip_first: false,
-        skip_last: false,
-        min_inputs: 32,
-        seed: 0,
-        calib_batch: 32,
-        damp: 0.2,
-        block: 128,
-        token_mask: None,
-        dense_target: true,
-    };
+    let so = magnitude(Pattern::NM { n: 2, m: 4 }, 0.0);
     let student = sparsify(&m, &inputs, &so, None).unwrap().model;
     let opts = RecoverOptions {
         steps: 10,
