@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 use potatura::exec::Executor;
 use potatura::ir::{resolve_input_shapes, InputShape, Model};
 
@@ -403,6 +403,11 @@ struct TrainArgs {
     /// learning-rate schedule) to end within this many seconds.
     #[arg(long, value_name = "S")]
     max_seconds: Option<f64>,
+    /// Keep BatchNormalization's running statistics frozen and use them
+    /// while training (small batches, detectors); its scale and bias still
+    /// train.
+    #[arg(long)]
+    freeze_bn: bool,
 }
 
 impl TrainArgs {
@@ -457,6 +462,7 @@ impl TrainArgs {
             features: self.features.clone(),
             feature_weight: self.feature_weight,
             max_seconds: self.max_seconds,
+            freeze_bn: self.freeze_bn,
         })
     }
 
@@ -1454,34 +1460,13 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             }
             None => None,
         };
-        let train = TrainArgs {
-            epochs: a.recover_epochs,
-            steps: None,
-            batch: 64,
-            lr: a.recover_lr,
-            optimizer: "sgd".into(),
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            schedule: "cosine".into(),
-            warmup: 0,
-            clip: None,
-            temperature: 4.0,
-            alpha: 0.5,
-            flip: false,
-            crop_pad: 0,
-            train_seed: a.seed,
-            gradual: None,
-            gradual_pattern: "unstructured".into(),
-            gradual_start: 0.0,
-            gradual_end: 0.7,
-            gradual_prunings: 20,
-            snip: None,
-            train_min_inputs: 32,
-            checkpoint_every: 500,
-            features: Vec::new(),
-            feature_weight: 1.0,
-            max_seconds: None,
-        };
+        // The defaults of `recover`, from its own argument definitions.
+        let mut train = TrainArgs::from_arg_matches(
+            &TrainArgs::augment_args(clap::Command::new("recover")).get_matches_from(["recover"]),
+        )?;
+        train.epochs = a.recover_epochs;
+        train.lr = a.recover_lr;
+        train.train_seed = a.seed;
         let topts = train.options(data.samples())?;
         let ckpt = checkpoint_path(out);
         let (m, stats) = if a.rounds > 1 {

@@ -2,65 +2,134 @@
 //! gradients of its outputs, given the values the forward pass computed.
 //! The forward values come from the same op implementations the executor
 //! runs; BatchNormalization and Dropout have training-mode forwards of
-//! their own (in [`super`]).
+//! their own (in [`super`]). Ops that only move values around (Slice,
+//! Pad, Resize in nearest mode) are differentiated by running their own
+//! forward on element indices, so the backward cannot disagree with the
+//! forward about which element went where.
 
 use crate::error::{Error, Result};
 use crate::ir::{DType, Node, Tensor};
 use crate::ops::matmul::{sgemm, MatRef};
+use crate::ops::Op;
 
 /// Op types with a backward rule here (BatchNormalization and Dropout are
 /// handled by the trainer's training-mode forward).
 pub const SUPPORTED: &[&str] = &[
+    "Abs",
     "Add",
     "AveragePool",
     "BatchNormalization",
+    "Cast",
     "Clip",
     "Concat",
     "Conv",
     "Div",
     "Dropout",
+    "Erf",
+    "Exp",
+    "Expand",
     "Flatten",
+    "Gather",
+    "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "GlobalMaxPool",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "LayerNormalization",
     "LeakyRelu",
+    "Log",
+    "LogSoftmax",
     "MatMul",
+    "Max",
     "MaxPool",
+    "Min",
     "Mul",
+    "Neg",
+    "PRelu",
+    "Pad",
+    "Pow",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceSum",
     "Relu",
     "Reshape",
+    "Resize",
     "Sigmoid",
+    "Slice",
     "Softmax",
+    "Split",
+    "Sqrt",
     "Squeeze",
     "Sub",
     "Tanh",
     "Transpose",
     "Unsqueeze",
+    "Where",
 ];
 
 fn err(node: &Node, detail: impl Into<String>) -> Error {
     Error::op(&node.label(), &node.op_type, detail.into())
 }
 
-/// Gradients of a node's inputs (`None`: not a float, or no path).
-/// `ins`: forward inputs; `outs`: forward outputs; `gout`: gradients of
-/// the outputs (`None`: the output does not reach the loss).
+/// The node a backward rule differentiates.
+pub(crate) struct Site<'a> {
+    /// The graph node (attributes).
+    pub node: &'a Node,
+    /// Its built forward op (for the index-tracing rules).
+    pub op: &'a dyn Op,
+    /// The model's default opset (Softmax's axis semantics changed at 13).
+    pub opset: i64,
+    /// Which inputs need a gradient; rules skip the work for the others.
+    pub need: &'a [bool],
+}
+
+/// Gradients of a node's inputs (`None`: not a float, not needed, or no
+/// path). `ins`: forward inputs; `outs`: forward outputs; `gout`:
+/// gradients of the outputs (`None`: the output does not reach the loss).
 pub(crate) fn backward(
-    node: &Node,
+    site: &Site,
     ins: &[Option<&Tensor>],
     outs: &[&Tensor],
     gout: &[Option<&Tensor>],
 ) -> Result<Vec<Option<Tensor>>> {
-    let Some(dy) = gout.first().copied().flatten() else {
-        return Ok(vec![None; ins.len()]);
-    };
+    let node = site.node;
+    let need = |i: usize| site.need.get(i).copied().unwrap_or(false);
     let x = |i: usize| -> Result<&Tensor> {
         ins.get(i)
             .copied()
             .flatten()
             .ok_or_else(|| err(node, format!("input {i} is missing")))
     };
-    let f = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.f32s()?.to_vec()) };
+    if node.op_type == "Split" {
+        // Several outputs: the input's gradient is their gradients side by
+        // side (zeros for outputs that do not reach the loss).
+        let a = x(0)?;
+        let axis = crate::ops::common::axis(node.attr_int("axis", 0)?, a.rank())?;
+        let sh = a.shape();
+        let outer: usize = sh[..axis].iter().product();
+        let inner: usize = sh[axis + 1..].iter().product();
+        let mut dx = vec![0.0f32; a.len()];
+        let mut start = 0;
+        for (o, g) in outs.iter().zip(gout) {
+            let n = o.shape()[axis];
+            if let Some(g) = g {
+                let gv = g.f32s()?;
+                for r in 0..outer {
+                    dx[(r * sh[axis] + start) * inner..][..n * inner]
+                        .copy_from_slice(&gv[r * n * inner..][..n * inner]);
+                }
+            }
+            start += n;
+        }
+        let mut g = vec![None; ins.len()];
+        g[0] = Some(Tensor::from_f32(sh.to_vec(), dx));
+        return Ok(g);
+    }
+    let Some(dy) = gout.first().copied().flatten() else {
+        return Ok(vec![None; ins.len()]);
+    };
     let like = |t: &Tensor, v: Vec<f32>| Tensor::from_f32(t.shape().to_vec(), v);
     let dyv = dy.f32s()?;
     let mut g: Vec<Option<Tensor>> = vec![None; ins.len()];
@@ -128,28 +197,26 @@ pub(crate) fn backward(
                     .collect(),
             ));
         }
-        "Softmax" => {
+        "Softmax" | "LogSoftmax" => {
             let y = outs[0];
-            let rank = y.rank() as i64;
-            let mut axis = node.attr_int("axis", -1)?;
-            if axis < 0 {
-                axis += rank;
-            }
-            let axis = axis as usize;
-            let sh = y.shape();
-            let (outer, n, inner) = (
-                sh[..axis].iter().product::<usize>(),
-                sh[axis],
-                sh[axis + 1..].iter().product::<usize>(),
-            );
+            let (outer, n, inner) = softmax_geometry(site, y.shape())?;
             let yv = y.f32s()?;
+            let log = node.op_type == "LogSoftmax";
             let mut dx = vec![0.0f32; yv.len()];
             for o in 0..outer {
                 for i in 0..inner {
                     let at = |k: usize| (o * n + k) * inner + i;
-                    let dot: f32 = (0..n).map(|k| yv[at(k)] * dyv[at(k)]).sum();
-                    for k in 0..n {
-                        dx[at(k)] = yv[at(k)] * (dyv[at(k)] - dot);
+                    if log {
+                        // y = x − logsumexp(x): dx = dy − softmax · Σ dy.
+                        let sum: f32 = (0..n).map(|k| dyv[at(k)]).sum();
+                        for k in 0..n {
+                            dx[at(k)] = dyv[at(k)] - yv[at(k)].exp() * sum;
+                        }
+                    } else {
+                        let dot: f32 = (0..n).map(|k| yv[at(k)] * dyv[at(k)]).sum();
+                        for k in 0..n {
+                            dx[at(k)] = yv[at(k)] * (dyv[at(k)] - dot);
+                        }
                     }
                 }
             }
@@ -253,14 +320,18 @@ pub(crate) fn backward(
                 attrs: crate::ops::conv::ConvAttrs::from_node(node)?,
             };
             let geom = conv.geometry(a.shape(), w.shape())?;
-            g[0] = Some(like(
-                a,
-                crate::ops::conv::conv_input_grad(dyv, w.f32s()?, &geom),
-            ));
-            g[1] = Some(like(
-                w,
-                crate::ops::conv::conv_weight_grad(a.f32s()?, dyv, &geom),
-            ));
+            if need(0) {
+                g[0] = Some(like(
+                    a,
+                    crate::ops::conv::conv_input_grad(dyv, w.f32s()?, &geom),
+                ));
+            }
+            if need(1) {
+                g[1] = Some(like(
+                    w,
+                    crate::ops::conv::conv_weight_grad(a.f32s()?, dyv, &geom),
+                ));
+            }
             if let Some(b) = ins.get(2).copied().flatten() {
                 let p = geom.out_len();
                 let mut db = vec![0.0f32; geom.c_out];
@@ -285,40 +356,44 @@ pub(crate) fn backward(
             } else {
                 MatRef::transposed(bv, n)
             };
-            let mut da = vec![0.0f32; m * k];
-            sgemm(
-                m,
-                k,
-                n,
-                alpha,
-                MatRef::row_major(dyv, n),
-                opbt,
-                false,
-                &mut da,
-                k,
-                true,
-            );
-            g[0] = Some(like(a, if ta { transpose2(&da, m, k) } else { da }));
+            if need(0) {
+                let mut da = vec![0.0f32; m * k];
+                sgemm(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    MatRef::row_major(dyv, n),
+                    opbt,
+                    false,
+                    &mut da,
+                    k,
+                    true,
+                );
+                g[0] = Some(like(a, if ta { transpose2(&da, m, k) } else { da }));
+            }
             // d op(B) [k x n] = α op(A)ᵀ [k x m] · dY [m x n]
             let opat = if ta {
                 MatRef::row_major(av, m)
             } else {
                 MatRef::transposed(av, k)
             };
-            let mut db = vec![0.0f32; k * n];
-            sgemm(
-                k,
-                n,
-                m,
-                alpha,
-                opat,
-                MatRef::row_major(dyv, n),
-                false,
-                &mut db,
-                n,
-                true,
-            );
-            g[1] = Some(like(b, if tb { transpose2(&db, k, n) } else { db }));
+            if need(1) {
+                let mut db = vec![0.0f32; k * n];
+                sgemm(
+                    k,
+                    n,
+                    m,
+                    alpha,
+                    opat,
+                    MatRef::row_major(dyv, n),
+                    false,
+                    &mut db,
+                    n,
+                    true,
+                );
+                g[1] = Some(like(b, if tb { transpose2(&db, k, n) } else { db }));
+            }
             if let Some(c) = ins.get(2).copied().flatten() {
                 let mut r = reduce_to(dyv, dy.shape(), c.shape());
                 r.iter_mut().for_each(|v| *v *= beta);
@@ -333,83 +408,393 @@ pub(crate) fn backward(
             }
             let k = ash[ash.len() - 1];
             let n = bsh[bsh.len() - 1];
-            let (av, bv) = (f(a)?, f(b)?);
+            let (av, bv) = (a.f32s()?, b.f32s()?);
             if bsh.len() == 2 {
                 // [R, K] x [K, N]: one product over all leading rows.
                 let r = a.len() / k.max(1);
-                let mut da = vec![0.0f32; r * k];
-                sgemm(
-                    r,
-                    k,
-                    n,
-                    1.0,
-                    MatRef::row_major(dyv, n),
-                    MatRef::transposed(&bv, n),
-                    false,
-                    &mut da,
-                    k,
-                    true,
-                );
-                let mut db = vec![0.0f32; k * n];
-                sgemm(
-                    k,
-                    n,
-                    r,
-                    1.0,
-                    MatRef::transposed(&av, k),
-                    MatRef::row_major(dyv, n),
-                    false,
-                    &mut db,
-                    n,
-                    true,
-                );
-                g[0] = Some(like(a, da));
-                g[1] = Some(like(b, db));
-            } else if ash[..ash.len() - 2] == bsh[..bsh.len() - 2] {
+                if need(0) {
+                    let mut da = vec![0.0f32; r * k];
+                    sgemm(
+                        r,
+                        k,
+                        n,
+                        1.0,
+                        MatRef::row_major(dyv, n),
+                        MatRef::transposed(bv, n),
+                        false,
+                        &mut da,
+                        k,
+                        true,
+                    );
+                    g[0] = Some(like(a, da));
+                }
+                if need(1) {
+                    let mut db = vec![0.0f32; k * n];
+                    sgemm(
+                        k,
+                        n,
+                        r,
+                        1.0,
+                        MatRef::transposed(av, k),
+                        MatRef::row_major(dyv, n),
+                        false,
+                        &mut db,
+                        n,
+                        true,
+                    );
+                    g[1] = Some(like(b, db));
+                }
+            } else {
+                // Batched, with numpy broadcasting of the batch axes: every
+                // output matrix adds its share to the A and B matrices it
+                // was made from.
                 let m = ash[ash.len() - 2];
-                let batches: usize = ash[..ash.len() - 2].iter().product();
-                let mut da = vec![0.0f32; a.len()];
-                let mut db = vec![0.0f32; b.len()];
-                for i in 0..batches {
+                let (abat, bbat) = (&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]);
+                let obat = crate::ops::common::broadcast_shapes(&[abat, bbat])
+                    .map_err(|e| err(node, e.to_string()))?;
+                let mut asrc = vec![0usize; obat.iter().product()];
+                let mut bsrc = asrc.clone();
+                for_broadcast(abat, &obat, |i, s| asrc[i] = s);
+                for_broadcast(bbat, &obat, |i, s| bsrc[i] = s);
+                let mut da = vec![0.0f32; if need(0) { a.len() } else { 0 }];
+                let mut db = vec![0.0f32; if need(1) { b.len() } else { 0 }];
+                for (i, (&ia, &ib)) in asrc.iter().zip(&bsrc).enumerate() {
                     let (ai, bi, di) = (
-                        &av[i * m * k..][..m * k],
-                        &bv[i * k * n..][..k * n],
+                        &av[ia * m * k..][..m * k],
+                        &bv[ib * k * n..][..k * n],
                         &dyv[i * m * n..][..m * n],
                     );
-                    sgemm(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        MatRef::row_major(di, n),
-                        MatRef::transposed(bi, n),
-                        false,
-                        &mut da[i * m * k..][..m * k],
-                        k,
-                        false,
-                    );
-                    sgemm(
-                        k,
-                        n,
-                        m,
-                        1.0,
-                        MatRef::transposed(ai, k),
-                        MatRef::row_major(di, n),
-                        false,
-                        &mut db[i * k * n..][..k * n],
-                        n,
-                        false,
-                    );
+                    if need(0) {
+                        sgemm(
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            MatRef::row_major(di, n),
+                            MatRef::transposed(bi, n),
+                            true,
+                            &mut da[ia * m * k..][..m * k],
+                            k,
+                            false,
+                        );
+                    }
+                    if need(1) {
+                        sgemm(
+                            k,
+                            n,
+                            m,
+                            1.0,
+                            MatRef::transposed(ai, k),
+                            MatRef::row_major(di, n),
+                            true,
+                            &mut db[ib * k * n..][..k * n],
+                            n,
+                            false,
+                        );
+                    }
                 }
-                g[0] = Some(like(a, da));
-                g[1] = Some(like(b, db));
-            } else {
+                if need(0) {
+                    g[0] = Some(like(a, da));
+                }
+                if need(1) {
+                    g[1] = Some(like(b, db));
+                }
+            }
+        }
+        "BatchNormalization" => {
+            // Inference mode (frozen statistics): a per-channel affine map.
+            let (a, scale, bias, mean, var) = (x(0)?, x(1)?, x(2)?, x(3)?, x(4)?);
+            let eps = node.attr_float("epsilon", 1e-5)?;
+            let c = scale.len();
+            let sp = a.len() / (a.shape()[0] * c).max(1);
+            let (sv, mv, vv, av) = (scale.f32s()?, mean.f32s()?, var.f32s()?, a.f32s()?);
+            let inv: Vec<f32> = vv.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let mut dx = vec![0.0f32; a.len()];
+            let (mut ds, mut db) = (vec![0.0f32; c], vec![0.0f32; c]);
+            for (p, ((d, xs), o)) in dyv
+                .chunks(sp.max(1))
+                .zip(av.chunks(sp.max(1)))
+                .zip(dx.chunks_mut(sp.max(1)))
+                .enumerate()
+            {
+                let ch = p % c;
+                for ((o, &d), &xv) in o.iter_mut().zip(d).zip(xs) {
+                    *o = d * sv[ch] * inv[ch];
+                    ds[ch] += d * (xv - mv[ch]) * inv[ch];
+                    db[ch] += d;
+                }
+            }
+            g[0] = Some(like(a, dx));
+            g[1] = Some(like(scale, ds));
+            g[2] = Some(like(bias, db));
+        }
+        "Erf" => {
+            g[0] = Some(unary(x(0)?, outs[0], dyv, |x, _, d| {
+                d * std::f32::consts::FRAC_2_SQRT_PI * (-x * x).exp()
+            })?)
+        }
+        "Gelu" => {
+            let tanh = node.attr_string("approximate", "none")? == "tanh";
+            g[0] = Some(unary(x(0)?, outs[0], dyv, |x, _, d| {
+                d * if tanh {
+                    let c = (2.0 / std::f32::consts::PI).sqrt();
+                    let t = (c * (x + 0.044715 * x * x * x)).tanh();
+                    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
+                } else {
+                    let cdf =
+                        0.5 * (1.0 + crate::ops::activation::erf_f32(x / std::f32::consts::SQRT_2));
+                    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+                    cdf + x * pdf
+                }
+            })?);
+        }
+        "Sqrt" => g[0] = Some(unary(x(0)?, outs[0], dyv, |_, y, d| 0.5 * d / y)?),
+        "Exp" => g[0] = Some(unary(x(0)?, outs[0], dyv, |_, y, d| d * y)?),
+        "Log" => g[0] = Some(unary(x(0)?, outs[0], dyv, |x, _, d| d / x)?),
+        "Neg" => g[0] = Some(unary(x(0)?, outs[0], dyv, |_, _, d| -d)?),
+        "Abs" => {
+            g[0] = Some(unary(x(0)?, outs[0], dyv, |x, _, d| {
+                if x > 0.0 {
+                    d
+                } else if x < 0.0 {
+                    -d
+                } else {
+                    0.0
+                }
+            })?)
+        }
+        "HardSigmoid" => {
+            let alpha = node.attr_float("alpha", 0.2)?;
+            let beta = node.attr_float("beta", 0.5)?;
+            g[0] = Some(unary(x(0)?, outs[0], dyv, |x, _, d| {
+                let v = alpha * x + beta;
+                if v > 0.0 && v < 1.0 {
+                    alpha * d
+                } else {
+                    0.0
+                }
+            })?);
+        }
+        "HardSwish" => {
+            g[0] = Some(unary(x(0)?, outs[0], dyv, |x, _, d| {
+                if x <= -3.0 {
+                    0.0
+                } else if x >= 3.0 {
+                    d
+                } else {
+                    d * (2.0 * x + 3.0) / 6.0
+                }
+            })?)
+        }
+        "Cast" | "Expand" => {
+            let a = x(0)?;
+            if a.dtype() == DType::F32 {
+                g[0] = Some(like(a, reduce_to(dyv, dy.shape(), a.shape())));
+            }
+        }
+        "Pow" => {
+            let (a, b) = (x(0)?, x(1)?);
+            let (ab, bb) = (
+                broadcast(a.f32s()?, a.shape(), dy.shape()),
+                broadcast(b.f32s()?, b.shape(), dy.shape()),
+            );
+            let y = outs[0].f32s()?;
+            if need(0) {
+                let da: Vec<f32> = dyv
+                    .iter()
+                    .zip(ab.iter().zip(&bb))
+                    .map(|(d, (a, b))| {
+                        if *b == 0.0 {
+                            0.0
+                        } else {
+                            d * b * a.powf(b - 1.0)
+                        }
+                    })
+                    .collect();
+                g[0] = Some(like(a, reduce_to(&da, dy.shape(), a.shape())));
+            }
+            if need(1) {
+                let db: Vec<f32> = dyv
+                    .iter()
+                    .zip(ab.iter().zip(y))
+                    .map(|(d, (a, y))| if *a > 0.0 { d * y * a.ln() } else { 0.0 })
+                    .collect();
+                g[1] = Some(like(b, reduce_to(&db, dy.shape(), b.shape())));
+            }
+        }
+        "PRelu" => {
+            let (a, sl) = (x(0)?, x(1)?);
+            let av = a.f32s()?;
+            let sb = broadcast(sl.f32s()?, sl.shape(), a.shape());
+            let da: Vec<f32> = dyv
+                .iter()
+                .zip(av.iter().zip(&sb))
+                .map(|(d, (x, s))| if *x > 0.0 { *d } else { d * s })
+                .collect();
+            let ds: Vec<f32> = dyv
+                .iter()
+                .zip(av)
+                .map(|(d, x)| if *x > 0.0 { 0.0 } else { d * x })
+                .collect();
+            g[0] = Some(like(a, da));
+            g[1] = Some(like(sl, reduce_to(&ds, a.shape(), sl.shape())));
+        }
+        "Max" | "Min" => {
+            // Every input equal to the output shares its gradient (ties
+            // split evenly, as PyTorch's maximum does for two).
+            let y = outs[0].f32s()?;
+            let mut hits = vec![0.0f32; y.len()];
+            let bs: Vec<Vec<f32>> = (0..ins.len())
+                .map(|i| Ok(broadcast(x(i)?.f32s()?, x(i)?.shape(), dy.shape())))
+                .collect::<Result<_>>()?;
+            for b in &bs {
+                for ((h, v), y) in hits.iter_mut().zip(b).zip(y) {
+                    *h += (v == y) as u8 as f32;
+                }
+            }
+            for (i, b) in bs.iter().enumerate() {
+                let gi: Vec<f32> = b
+                    .iter()
+                    .zip(y)
+                    .zip(dyv.iter().zip(&hits))
+                    .map(|((v, y), (d, h))| if v == y { d / h } else { 0.0 })
+                    .collect();
+                g[i] = Some(like(x(i)?, reduce_to(&gi, dy.shape(), x(i)?.shape())));
+            }
+        }
+        "Where" => {
+            let c = x(0)?;
+            let cb = broadcast(c.bools()?, c.shape(), dy.shape());
+            for (i, pick) in [(1, true), (2, false)] {
+                let t = x(i)?;
+                if need(i) && t.dtype() == DType::F32 {
+                    let gi: Vec<f32> = dyv
+                        .iter()
+                        .zip(&cb)
+                        .map(|(d, &c)| if c == pick { *d } else { 0.0 })
+                        .collect();
+                    g[i] = Some(like(t, reduce_to(&gi, dy.shape(), t.shape())));
+                }
+            }
+        }
+        "Gather" => {
+            // Scatter-add into the gathered rows (embedding tables).
+            let (data, idx) = (x(0)?, x(1)?);
+            let axis = crate::ops::common::axis(node.attr_int("axis", 0)?, data.rank())?;
+            let sh = data.shape();
+            let outer: usize = sh[..axis].iter().product();
+            let inner: usize = sh[axis + 1..].iter().product();
+            let dim = sh[axis] as i64;
+            let idx = idx.to_i64_vec();
+            let mut dx = vec![0.0f32; data.len()];
+            for o in 0..outer {
+                for (j, &r) in idx.iter().enumerate() {
+                    let r = if r < 0 { r + dim } else { r };
+                    if !(0..dim).contains(&r) {
+                        return Err(err(node, format!("index {r} is out of range")));
+                    }
+                    let src = &dyv[(o * idx.len() + j) * inner..][..inner];
+                    let dst = &mut dx[(o * sh[axis] + r as usize) * inner..][..inner];
+                    dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+                }
+            }
+            g[0] = Some(like(data, dx));
+        }
+        "Slice" | "Pad" | "Resize" => {
+            if node.op_type == "Resize" && node.attr_string("mode", "nearest")? != "nearest" {
                 return Err(err(
                     node,
-                    format!(
-                        "MatMul of {ash:?} by {bsh:?} (broadcast batch dims) has no gradient yet"
-                    ),
+                    "no gradient for Resize in linear or cubic mode yet (nearest only)",
                 ));
+            }
+            g[0] = Some(like(x(0)?, traced_backward(site, ins, dy)?));
+        }
+        "ReduceMean" | "ReduceSum" | "ReduceMax" => {
+            let a = x(0)?;
+            let kept = reduced_shape(site, ins, a.shape())?;
+            let db = broadcast(dyv, &kept, a.shape());
+            let dx: Vec<f32> = match node.op_type.as_str() {
+                "ReduceSum" => db,
+                "ReduceMean" => {
+                    let n = (a.len() / kept.iter().product::<usize>().max(1)).max(1) as f32;
+                    db.into_iter().map(|d| d / n).collect()
+                }
+                _ => {
+                    // Shared evenly by the elements equal to the maximum.
+                    let yb = broadcast(outs[0].f32s()?, &kept, a.shape());
+                    let hit: Vec<f32> = a
+                        .f32s()?
+                        .iter()
+                        .zip(&yb)
+                        .map(|(v, y)| (v == y) as u8 as f32)
+                        .collect();
+                    let cnt = broadcast(&reduce_to(&hit, a.shape(), &kept), &kept, a.shape());
+                    db.iter()
+                        .zip(hit.iter().zip(&cnt))
+                        .map(|(d, (h, c))| d * h / c.max(1.0))
+                        .collect()
+                }
+            };
+            g[0] = Some(like(a, dx));
+        }
+        "GlobalMaxPool" => {
+            let a = x(0)?;
+            let sp: usize = a.shape()[2..].iter().product();
+            let mut dx = vec![0.0f32; a.len()];
+            for (c, (plane, d)) in a
+                .f32s()?
+                .chunks(sp.max(1))
+                .zip(dx.chunks_mut(sp.max(1)))
+                .enumerate()
+            {
+                // The first maximum, as the forward's comparison.
+                if let Some(best) =
+                    (0..plane.len()).reduce(|b, t| if plane[t] > plane[b] { t } else { b })
+                {
+                    d[best] = dyv[c];
+                }
+            }
+            g[0] = Some(like(a, dx));
+        }
+        "LayerNormalization" => {
+            let a = x(0)?;
+            let first = crate::ops::common::axis(node.attr_int("axis", -1)?, a.rank())?;
+            let eps = node.attr_float("epsilon", 1e-5)?;
+            let sh = a.shape();
+            let n: usize = sh[first..].iter().product();
+            let scale = x(1)?;
+            let sc = broadcast(scale.f32s()?, scale.shape(), &sh[first..]);
+            let av = a.f32s()?;
+            let mut xhat = vec![0.0f32; av.len()];
+            let mut dx = vec![0.0f32; av.len()];
+            for ((row, dr), (xr, dxr)) in av
+                .chunks(n.max(1))
+                .zip(dyv.chunks(n.max(1)))
+                .zip(xhat.chunks_mut(n.max(1)).zip(dx.chunks_mut(n.max(1))))
+            {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                let inv = 1.0 / (var + eps as f64).sqrt();
+                for (h, &v) in xr.iter_mut().zip(row) {
+                    *h = ((v as f64 - mean) * inv) as f32;
+                }
+                // dx = inv · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)), ĝ = dy · scale.
+                let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                for ((&d, &s), &h) in dr.iter().zip(&sc).zip(xr.iter()) {
+                    let gh = (d * s) as f64;
+                    s1 += gh;
+                    s2 += gh * h as f64;
+                }
+                let (m1, m2) = (s1 / n as f64, s2 / n as f64);
+                for (((o, &d), &s), &h) in dxr.iter_mut().zip(dr).zip(&sc).zip(xr.iter()) {
+                    *o = (inv * ((d * s) as f64 - m1 - h as f64 * m2)) as f32;
+                }
+            }
+            g[0] = Some(like(a, dx));
+            let dxs: Vec<f32> = dyv.iter().zip(&xhat).map(|(d, h)| d * h).collect();
+            g[1] = Some(like(scale, reduce_to(&dxs, sh, scale.shape())));
+            if let Some(b) = ins.get(2).copied().flatten() {
+                g[2] = Some(like(b, reduce_to(dyv, sh, b.shape())));
             }
         }
         other => {
@@ -422,9 +807,9 @@ pub(crate) fn backward(
             ))
         }
     }
-    // Only float inputs carry gradients.
-    for (slot, t) in g.iter_mut().zip(ins) {
-        if t.is_none_or(|t| t.dtype() != DType::F32) {
+    // Only float inputs that need one carry gradients.
+    for (i, (slot, t)) in g.iter_mut().zip(ins).enumerate() {
+        if !need(i) || t.is_none_or(|t| t.dtype() != DType::F32) {
             *slot = None;
         }
     }
@@ -500,11 +885,11 @@ fn for_broadcast(shape: &[usize], out: &[usize], mut f: impl FnMut(usize, usize)
 }
 
 /// `v` of `shape` broadcast to `out`.
-pub(crate) fn broadcast(v: &[f32], shape: &[usize], out: &[usize]) -> Vec<f32> {
+pub(crate) fn broadcast<T: Copy + Default>(v: &[T], shape: &[usize], out: &[usize]) -> Vec<T> {
     if shape == out {
         return v.to_vec();
     }
-    let mut o = vec![0.0f32; out.iter().product()];
+    let mut o = vec![T::default(); out.iter().product()];
     for_broadcast(shape, out, |i, s| o[i] = v[s]);
     o
 }
@@ -622,4 +1007,102 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
         }
     }
     Ok(Tensor::from_f32(sh, dx))
+}
+
+/// An element-wise rule `dx = f(x, y, dy)`.
+fn unary(x: &Tensor, y: &Tensor, dy: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> Result<Tensor> {
+    let (xv, yv) = (x.f32s()?, y.f32s()?);
+    let v = xv
+        .iter()
+        .zip(yv)
+        .zip(dy)
+        .map(|((&x, &y), &d)| f(x, y, d))
+        .collect();
+    Ok(Tensor::from_f32(x.shape().to_vec(), v))
+}
+
+/// `(outer, n, inner)` of a Softmax / LogSoftmax: one axis from opset 13;
+/// before that, everything from `axis` on is one flattened axis (and the
+/// default axis is 1).
+fn softmax_geometry(site: &Site, shape: &[usize]) -> Result<(usize, usize, usize)> {
+    let old = site.opset < 13;
+    let a = site.node.attr_int("axis", if old { 1 } else { -1 })?;
+    let a = crate::ops::common::axis(a, shape.len()).map_err(|e| err(site.node, e.to_string()))?;
+    let outer = shape[..a].iter().product();
+    Ok(if old {
+        (outer, shape[a..].iter().product(), 1)
+    } else {
+        (outer, shape[a], shape[a + 1..].iter().product())
+    })
+}
+
+/// The input shape with the reduced axes of a ReduceMean/Sum/Max set to 1
+/// (the output shape as if `keepdims` were set).
+fn reduced_shape(site: &Site, ins: &[Option<&Tensor>], shape: &[usize]) -> Result<Vec<usize>> {
+    let node = site.node;
+    // The axes became an input at opset 13 for ReduceSum, 18 for the others.
+    let since = if node.op_type == "ReduceSum" { 13 } else { 18 };
+    let axes: Vec<i64> = if site.opset >= since {
+        ins.get(1)
+            .copied()
+            .flatten()
+            .map(Tensor::to_i64_vec)
+            .unwrap_or_default()
+    } else {
+        node.attr_ints("axes")?.unwrap_or_default()
+    };
+    if axes.is_empty() {
+        return Ok(if node.attr_int("noop_with_empty_axes", 0)? != 0 {
+            shape.to_vec()
+        } else {
+            vec![1; shape.len()]
+        });
+    }
+    let mut kept = shape.to_vec();
+    for a in axes {
+        kept[crate::ops::common::axis(a, shape.len()).map_err(|e| err(node, e.to_string()))?] = 1;
+    }
+    Ok(kept)
+}
+
+/// Backward of an op that only moves elements (Slice, Pad, Resize in
+/// nearest mode): its own forward runs on the element numbers 1..=n of
+/// input 0 (0 marks padding), and each output gradient is added to the
+/// element it came from.
+fn traced_backward(site: &Site, ins: &[Option<&Tensor>], dy: &Tensor) -> Result<Vec<f32>> {
+    let x = ins[0].ok_or_else(|| err(site.node, "input 0 is missing"))?;
+    let iota = Tensor::from_i64(x.shape().to_vec(), (1..=x.len() as i64).collect());
+    let zero = Tensor::from_i64(vec![], vec![0]);
+    let mut args: Vec<Option<&Tensor>> = ins.to_vec();
+    args[0] = Some(&iota);
+    if site.node.op_type == "Pad" {
+        if site.node.attr_float("value", 0.0)? != 0.0 {
+            return Err(err(
+                site.node,
+                "no gradient for Pad with a non-zero value attribute yet",
+            ));
+        }
+        if let Some(slot) = args.get_mut(2).filter(|a| a.is_some()) {
+            *slot = Some(&zero);
+        }
+    }
+    let out = site
+        .op
+        .eval(&args)
+        .map_err(|e| err(site.node, e.to_string()))?;
+    let src = out[0].i64s()?;
+    let dyv = dy.f32s()?;
+    if src.len() != dyv.len() {
+        return Err(err(
+            site.node,
+            "traced output does not match the gradient's shape",
+        ));
+    }
+    let mut dx = vec![0.0f32; x.len()];
+    for (&s, &d) in src.iter().zip(dyv) {
+        if s > 0 {
+            dx[s as usize - 1] += d;
+        }
+    }
+    Ok(dx)
 }

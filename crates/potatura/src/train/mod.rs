@@ -4,7 +4,8 @@
 //!
 //! Trainable parameters are the float initializers that feed weights,
 //! biases and norm scales (Conv, Gemm, MatMul, BatchNormalization,
-//! LayerNormalization, and non-scalar operands of Add/Sub/Mul/Div). For
+//! LayerNormalization, PRelu slopes, Gather tables (embeddings), and
+//! non-scalar operands of Add/Sub/Mul/Div). For
 //! training they become graph inputs of a copy of the model, so the
 //! executor does not fold what depends on them. BatchNormalization runs in
 //! training mode (batch statistics; running statistics updated) and
@@ -68,6 +69,10 @@ pub struct Trainable {
     pub params: Vec<Param>,
     /// BatchNormalization state by step index.
     bn: HashMap<usize, BnState>,
+    /// Per value slot: whether it depends on a parameter (only those
+    /// values need gradients).
+    need: Vec<bool>,
+    opset: i64,
 }
 
 /// What the forward pass kept for the backward pass.
@@ -82,13 +87,14 @@ struct Tape {
 /// How BatchNormalization behaves in a forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BnMode {
-    /// Running statistics (inference).
-    Eval,
     /// Batch statistics; running statistics move by the momentum.
     Train,
     /// Batch statistics; running statistics become the average over all
     /// batches seen (recalibration).
     Average,
+    /// Running statistics (frozen), with Dropout active: training with
+    /// frozen BatchNormalization.
+    Frozen,
 }
 
 /// Input positions of a node that may hold trainable parameters.
@@ -97,6 +103,8 @@ fn trainable_positions(op: &str) -> &'static [usize] {
         "Conv" | "Gemm" => &[0, 1, 2],
         "MatMul" | "Add" | "Sub" | "Mul" | "Div" => &[0, 1],
         "BatchNormalization" | "LayerNormalization" => &[1, 2],
+        "Gather" => &[0],
+        "PRelu" => &[1],
         _ => &[],
     }
 }
@@ -207,12 +215,25 @@ impl Trainable {
                 },
             );
         }
+        let mut need = vec![false; exec.n_slots()];
+        for p in &params {
+            need[p.slot] = true;
+        }
+        for st in exec.steps() {
+            if st.inputs.iter().flatten().any(|&s| need[s]) {
+                for &o in &st.outputs {
+                    need[o] = true;
+                }
+            }
+        }
         Ok(Trainable {
             base: base.clone(),
+            opset: graph.opset(),
             graph,
             exec,
             params,
             bn,
+            need,
         })
     }
 
@@ -252,7 +273,7 @@ impl Trainable {
                 .map(|s| s.and_then(|s| vals[s].as_deref().or(consts[s].as_deref())))
                 .collect();
             let res = match st.op_type.as_str() {
-                "BatchNormalization" if mode != BnMode::Eval => {
+                "BatchNormalization" if matches!(mode, BnMode::Train | BnMode::Average) => {
                     let state = self.bn.get_mut(&si).expect("every BN has state");
                     let (y, mean, invstd) = bn_train(&args, state, mode).map_err(|e| match e {
                         Error::Usage(m) => Error::op(&st.label, &st.op_type, m),
@@ -261,7 +282,7 @@ impl Trainable {
                     tape_bn.insert(si, (mean, invstd));
                     vec![y]
                 }
-                "Dropout" if mode == BnMode::Train => {
+                "Dropout" if matches!(mode, BnMode::Train | BnMode::Frozen) => {
                     let x = args[0].ok_or_else(|| Error::op(&st.label, "Dropout", "no input"))?;
                     let node = &self.graph.graph.nodes[st.node];
                     let ratio = match args.get(1).copied().flatten() {
@@ -337,7 +358,12 @@ impl Trainable {
         for (si, st) in self.exec.steps().iter().enumerate().rev() {
             let gout: Vec<Option<&Tensor>> =
                 st.outputs.iter().map(|&o| grads[o].as_ref()).collect();
-            if gout.iter().all(Option::is_none) {
+            let need: Vec<bool> = st
+                .inputs
+                .iter()
+                .map(|s| s.is_some_and(|s| self.need[s]))
+                .collect();
+            if gout.iter().all(Option::is_none) || !need.contains(&true) {
                 continue;
             }
             let node = &self.graph.graph.nodes[st.node];
@@ -358,7 +384,13 @@ impl Trainable {
                     .iter()
                     .filter_map(|&o| tape.vals[o].as_deref())
                     .collect();
-                grad::backward(node, &ins, &outs, &gout)?
+                let site = grad::Site {
+                    node,
+                    op: st.op.as_ref(),
+                    opset: self.opset,
+                    need: &need,
+                };
+                grad::backward(&site, &ins, &outs, &gout)?
             };
             for (slot, g) in st.inputs.iter().zip(gin) {
                 let (Some(slot), Some(g)) = (slot, g) else {
@@ -556,7 +588,7 @@ fn bn_train(
             }
             st.seen += 1;
         }
-        BnMode::Eval => {}
+        BnMode::Frozen => {}
     }
     Ok((Tensor::from_f32(sh.to_vec(), y), mean32, invstd))
 }
@@ -710,6 +742,20 @@ pub struct RecoverOptions {
     /// (and its schedule) is shortened to fit. The step count then depends
     /// on the machine.
     pub max_seconds: Option<f64>,
+    /// BatchNormalization keeps its running statistics and uses them
+    /// (frozen), as detectors are usually fine-tuned with small batches;
+    /// its scale and bias still train.
+    pub freeze_bn: bool,
+}
+
+impl RecoverOptions {
+    fn bn_mode(&self) -> BnMode {
+        if self.freeze_bn {
+            BnMode::Frozen
+        } else {
+            BnMode::Train
+        }
+    }
 }
 
 /// Gradual pruning during training (Zhu & Gupta 2017): at steps `start`,
@@ -773,6 +819,7 @@ impl Default for RecoverOptions {
             features: Vec::new(),
             feature_weight: 1.0,
             max_seconds: None,
+            freeze_bn: false,
         }
     }
 }
@@ -1138,7 +1185,7 @@ pub fn recover_with(
             None => None,
         };
         let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
-        let (outs, tape) = tr.forward(&feeds, BnMode::Train, &mut rng)?;
+        let (outs, tape) = tr.forward(&feeds, opts.bn_mode(), &mut rng)?;
         let (_, out_grads, _) = loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
         let grads = tr.backward(&tape, out_grads, Vec::new())?;
         drop(tape);
@@ -1236,7 +1283,7 @@ pub fn recover_with(
             None => None,
         };
         let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
-        let (outs, tape) = tr.forward(&feeds, BnMode::Train, &mut rng)?;
+        let (outs, tape) = tr.forward(&feeds, opts.bn_mode(), &mut rng)?;
         let (mut loss, out_grads, right) =
             loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
         // MSE on named intermediate features against the teacher's.
