@@ -1124,20 +1124,39 @@ fn layer_channels(
     Ok(out)
 }
 
+/// Gzip-compressed size of a file (`None` when it cannot be read).
+fn gzip_file(path: &Path) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| potatura::report::gzip_len(&b))
+}
+
+/// [`gzip_file`] on a thread, to overlap with other work.
+fn gzip_in_background(path: &Path) -> std::thread::JoinHandle<Option<u64>> {
+    let p = path.to_path_buf();
+    std::thread::spawn(move || gzip_file(&p))
+}
+
 fn measure(
     model: &Model,
     file: Option<&Path>,
+    gzip: Option<std::thread::JoinHandle<Option<u64>>>,
     inputs: &[potatura::ir::InputShape],
     a: &PruneArgs,
     eval: Option<&(potatura::ir::Tensor, Option<Vec<i64>>)>,
     reference: Option<&[Vec<f32>]>,
 ) -> Result<(Measured, Option<Vec<Vec<f32>>>)> {
     let s = potatura::report::summarize(model, inputs)?;
-    let exec = Executor::new(model)?;
-    let latency_ms = if a.latency_seconds > 0.0 {
+    // The executor (constant folding included) only when something runs.
+    let exec = if a.latency_seconds > 0.0 || eval.is_some() {
+        Some(Executor::new(model)?)
+    } else {
+        None
+    };
+    let latency_ms = if let Some(exec) = exec.as_ref().filter(|_| a.latency_seconds > 0.0) {
         Some(
             potatura::report::latency::measure(
-                &exec,
+                exec,
                 inputs,
                 5,
                 std::time::Duration::from_secs_f64(a.latency_seconds),
@@ -1148,9 +1167,9 @@ fn measure(
         None
     };
     let (mut accuracy, mut agreement, mut preds) = (None, None, None);
-    if let Some((x, labels)) = eval {
-        let batch = fixed_batch(&exec).unwrap_or(64);
-        let p = potatura::eval::predict(&exec, x, batch)?;
+    if let (Some((x, labels)), Some(exec)) = (eval, &exec) {
+        let batch = fixed_batch(exec).unwrap_or(64);
+        let p = potatura::eval::predict(exec, x, batch)?;
         let r = potatura::eval::score(&p, labels.as_deref(), reference)?;
         accuracy = r.accuracy;
         agreement = r.agreement;
@@ -1163,9 +1182,10 @@ fn measure(
             file_bytes: file
                 .and_then(|f| std::fs::metadata(f).ok())
                 .map(|m| m.len()),
-            gzip_bytes: file
-                .and_then(|f| std::fs::read(f).ok())
-                .map(|b| potatura::report::gzip_len(&b)),
+            gzip_bytes: match gzip {
+                Some(g) => g.join().ok().flatten(),
+                None => file.and_then(gzip_file),
+            },
             latency_ms,
             accuracy,
             agreement,
@@ -1321,7 +1341,11 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
     if a.rounds > 1 && (!a.recover || unstructured || a.plan.is_some()) {
         bail!("--rounds K prunes structurally in K rounds with recovery in between: it needs --recover and a MACs or parameter target (for unstructured sparsity while training, use recover --gradual F)");
     }
+    tracing::info!("model loaded");
+    // The dense file's compressed size, computed while pruning runs.
+    let dense_gzip = gzip_in_background(path);
     let calib = calib_feeds(&inputs, &a.calib, a.calib_samples, &a.images, a.seed)?;
+    tracing::info!("calibration data loaded");
     let opts = potatura::prune::Options {
         select: Select {
             target,
@@ -1409,6 +1433,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         }
     };
     pb.finish_and_clear();
+    tracing::info!("pruned");
     if a.dry_run {
         let text = serde_json::to_string_pretty(&plan)?;
         match &a.output {
@@ -1535,8 +1560,11 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         (pruned, None)
     };
     potatura::onnx::save(&pruned, out)?;
+    tracing::info!("saved");
+    let pruned_gzip = gzip_in_background(out);
     // Success only after the written file loads and runs.
     let reloaded = load(out)?;
+    tracing::info!("reloaded");
     let exec = Executor::new(&reloaded).with_context(|| format!("re-loading {}", out.display()))?;
     let outs = exec
         .run(potatura::report::latency::synthetic_inputs(&inputs)?)
@@ -1552,21 +1580,44 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             );
         }
     }
-    let (before, dense_preds) = measure(&model, Some(path), &inputs, a, eval.as_ref(), None)?;
+    tracing::info!("outputs checked");
+    let (before, dense_preds) = measure(
+        &model,
+        Some(path),
+        Some(dense_gzip),
+        &inputs,
+        a,
+        eval.as_ref(),
+        None,
+    )?;
+    tracing::info!("dense model measured");
     let (after, _) = measure(
         &reloaded,
         Some(out),
+        Some(pruned_gzip),
         &inputs,
         a,
         eval.as_ref(),
         dense_preds.as_deref(),
     )?;
+    tracing::info!("pruned model measured");
     let lb = layer_channels(&model, &inputs)?;
-    let la: std::collections::HashMap<String, usize> = layer_channels(&reloaded, &inputs)?
-        .into_iter()
-        .map(|(n, _, c)| (n, c))
-        .collect();
-    let dg = potatura::deps::DepGraph::build(&model, &inputs)?;
+    // Unstructured methods change no channel: no second table, and the
+    // frozen channel groups only matter to structured pruning.
+    let la: std::collections::HashMap<String, usize> = if unstructured {
+        Default::default()
+    } else {
+        layer_channels(&reloaded, &inputs)?
+            .into_iter()
+            .map(|(n, _, c)| (n, c))
+            .collect()
+    };
+    let dg = if unstructured {
+        None
+    } else {
+        Some(potatura::deps::DepGraph::build(&model, &inputs)?)
+    };
+    tracing::info!("channel tables built");
     let report = PruneReport {
         model: path.display().to_string(),
         output: out.display().to_string(),
@@ -1593,8 +1644,8 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
             })
             .collect(),
         frozen_groups: dg
-            .groups
             .iter()
+            .flat_map(|d| &d.groups)
             .filter_map(|g| {
                 g.frozen
                     .as_ref()

@@ -614,6 +614,80 @@ pub fn relax_batch(model: &Model, probe: &crate::data::Feeds) -> Option<Model> {
     Some(relaxed)
 }
 
+/// Calibration data with trailing padding cut off: when `mask` (an
+/// input of shape `[samples, seq]`, non-zero on real tokens) ends every
+/// sample's tokens before `seq`, every input of shape `[samples, seq, ...]`
+/// is cut to the longest sample. Exact for models whose padded positions
+/// are masked out (BERT-style attention masks), and checked: on the first
+/// two samples, the outputs of the cut inputs must equal the first
+/// positions of the outputs of the full ones (within 1e-4 relative).
+/// `None` when nothing can be cut or the check fails. A 32-token MiniLM
+/// calibration set whose longest sentence has 16 tokens runs in half the
+/// time.
+pub fn trim_padding(
+    model: &Model,
+    data: &crate::data::Feeds,
+    mask: &str,
+) -> Option<crate::data::Feeds> {
+    let m = data.get(mask)?;
+    let [n, seq] = *m.shape() else {
+        return None;
+    };
+    let mv = m.to_f64_vec();
+    let len = (0..n)
+        .map(|s| {
+            (0..seq)
+                .rev()
+                .find(|&t| mv[s * seq + t] != 0.0)
+                .map_or(0, |t| t + 1)
+        })
+        .max()?;
+    if len == 0 || len >= seq {
+        return None;
+    }
+    let cut = |t: &Tensor| -> Option<Tensor> {
+        let sh = t.shape();
+        if sh.len() < 2 || sh[1] != seq {
+            return Some(t.clone());
+        }
+        let mut to = sh.to_vec();
+        to[1] = len;
+        let st: Vec<isize> = crate::ir::strides(sh).iter().map(|&v| v as isize).collect();
+        crate::ops::layout::view_tensor(t, 0, &to, &st).ok()
+    };
+    let trimmed = crate::data::Feeds::new(
+        data.0
+            .iter()
+            .map(|(k, t)| Some((k.clone(), cut(t)?)))
+            .collect::<Option<Vec<_>>>()?,
+    )
+    .ok()?;
+    let exec = Executor::new(model).ok()?;
+    let k = n.min(2);
+    let full = exec.run(data.take(k).ok()?.0).ok()?;
+    let short = exec.run(trimmed.take(k).ok()?.0).ok()?;
+    for ((_, f), (_, s)) in full.iter().zip(&short) {
+        let f = if f.shape() == s.shape() {
+            f.clone()
+        } else {
+            cut(f)?
+        };
+        if f.shape() != s.shape() {
+            return None;
+        }
+        let (fv, sv) = (f.to_f64_vec(), s.to_f64_vec());
+        let scale = fv.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+        if fv
+            .iter()
+            .zip(&sv)
+            .any(|(a, b)| (a - b).abs() > 1e-4 * scale)
+        {
+            return None;
+        }
+    }
+    Some(trimmed)
+}
+
 /// Shape inference result for one node.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {

@@ -5,7 +5,6 @@
 //! is spread over the remaining columns through the Cholesky factor of
 //! `H⁻¹` (blocked, with lazy updates of the columns after each block).
 
-use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 
 use crate::error::{Error, Result};
@@ -47,14 +46,154 @@ pub fn accumulate_cross(c: &mut [f64], a: &[f32], b: &[f32], n: usize, cols: usi
     }
 }
 
+/// The factor SparseGPT walks: upper-triangular `U` with
+/// `Uᵀ U = (H + λI)⁻¹`, and the inputs that never fired (`H_ii = 0`; their
+/// weights cannot matter and are pruned).
+#[derive(Debug)]
+pub struct Factor {
+    /// `n x n` row-major, upper triangle.
+    pub u: Vec<f32>,
+    /// Dead inputs.
+    pub dead: Vec<bool>,
+    n: usize,
+}
+
+/// Factors `H + λI` (`λ = damp × mean diagonal`; a dead input's diagonal
+/// counts as 1). `U` comes from one Cholesky factorisation of `H` with its
+/// order reversed, `J H J = L Lᵀ`, and one triangular inverse:
+/// `U = J L⁻¹ J` (so `Uᵀ U = J (L Lᵀ)⁻¹ J = H⁻¹`, and `U` is the unique
+/// upper Cholesky factor of `H⁻¹` that SparseGPT's reference computes with
+/// a Cholesky, an inverse and a second Cholesky: a third of the work).
+pub fn factor(h: &[f64], n: usize, damp: f64) -> Result<Factor> {
+    assert_eq!(h.len(), n * n);
+    let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
+    let mean_diag = (0..n)
+        .map(|i| if dead[i] { 1.0 } else { h[i * n + i] })
+        .sum::<f64>()
+        / n.max(1) as f64;
+    let hr = Mat::<f64>::from_fn(n, n, |i, j| {
+        let (a, b) = (n - 1 - i, n - 1 - j);
+        if a == b {
+            (if dead[a] { 1.0 } else { h[a * n + a] }) + damp * mean_diag
+        } else {
+            h[a * n + b]
+        }
+    });
+    let llt = hr.llt(Side::Lower).map_err(|e| {
+        Error::Usage(format!(
+            "SparseGPT: the calibration Hessian is not positive definite ({e:?}); raise the dampening"
+        ))
+    })?;
+    let mut inv = Mat::<f64>::zeros(n, n);
+    faer::linalg::triangular_inverse::invert_lower_triangular(
+        inv.as_mut(),
+        llt.L(),
+        faer::get_global_parallelism(),
+    );
+    let mut u = vec![0.0f32; n * n];
+    for i in 0..n {
+        for j in i..n {
+            u[i * n + j] = inv[(n - 1 - i, n - 1 - j)] as f32;
+        }
+    }
+    Ok(Factor { u, dead, n })
+}
+
 /// Moves `w` (`rows x n`) to the least-squares fit of the dense layer's
 /// output from the inputs the pruned model produces: with `H = Xp Xpᵀ` and
-/// `C = Xd Xpᵀ` (`Xd` the dense model's input to this layer, `Xp` the
-/// pruned model's), `w ← w + w (C − H)(H + λI)⁻¹`, which minimises
-/// `‖w Xd − w' Xp‖²`. Pruning the result with [`prune`] on the same `H`
-/// then minimises the error against the *dense* output, not against this
-/// layer's own output on already-perturbed inputs (the residual of the fit
-/// is orthogonal to every `w' Xp`). When `Xd = Xp`, `w` is unchanged.
+/// `Xd` the dense model's input to this layer (`Xp` the pruned model's),
+/// `w ← w + R (H + λI)⁻¹` where `R = w (Xd − Xp) Xpᵀ`, which minimises
+/// `‖w Xd − w' Xp‖²`. Pruning the result with [`prune_factored`] then
+/// minimises the error against the *dense* output, not against this layer's
+/// own output on already-perturbed inputs (the residual of the fit is
+/// orthogonal to every `w' Xp`). `R` is accumulated by
+/// [`accumulate_residual`]; `(H + λI)⁻¹ = Uᵀ U` comes from `f`.
+pub fn correct_factored(w: &mut [f32], rows: usize, r: &[f32], f: &Factor) {
+    let n = f.n;
+    assert_eq!(w.len(), rows * n);
+    assert_eq!(r.len(), rows * n);
+    // T = R Uᵀ, then W += T U.
+    let mut t = vec![0.0f32; rows * n];
+    sgemm(
+        rows,
+        n,
+        n,
+        1.0,
+        MatRef::row_major(r, n),
+        MatRef {
+            data: &f.u,
+            rs: 1,
+            cs: n,
+        },
+        false,
+        &mut t,
+        n,
+        true,
+    );
+    sgemm(
+        rows,
+        n,
+        n,
+        1.0,
+        MatRef::row_major(&t, n),
+        MatRef::row_major(&f.u, n),
+        true,
+        w,
+        n,
+        true,
+    );
+}
+
+/// Accumulates `R += w (Xd − Xp) Xpᵀ` for `w` (`rows x n`) and the dense
+/// and pruned inputs of `cols` samples (`[n, cols]` row-major): the
+/// right-hand side of [`correct_factored`], in `2 rows n cols`
+/// multiply-adds (forming `Xd Xpᵀ` first would take `n² cols`).
+pub fn accumulate_residual(
+    r: &mut [f32],
+    w: &[f32],
+    rows: usize,
+    n: usize,
+    xd: &[f32],
+    xp: &[f32],
+    cols: usize,
+) {
+    if cols == 0 {
+        return;
+    }
+    let diff: Vec<f32> = xd.iter().zip(xp).map(|(a, b)| a - b).collect();
+    let mut wd = vec![0.0f32; rows * cols];
+    sgemm(
+        rows,
+        cols,
+        n,
+        1.0,
+        MatRef::row_major(w, n),
+        MatRef::row_major(&diff, cols),
+        false,
+        &mut wd,
+        cols,
+        true,
+    );
+    sgemm(
+        rows,
+        n,
+        cols,
+        1.0,
+        MatRef::row_major(&wd, cols),
+        MatRef {
+            data: xp,
+            rs: 1,
+            cs: cols,
+        },
+        true,
+        r,
+        n,
+        true,
+    );
+}
+
+/// [`correct_factored`] from `H = Xp Xpᵀ` and `C = Xd Xpᵀ` directly
+/// (`R = w (C − H)`).
 pub fn correct(
     w: &mut [f32],
     rows: usize,
@@ -63,32 +202,22 @@ pub fn correct(
     c: &[f64],
     damp: f64,
 ) -> Result<()> {
-    use faer::linalg::solvers::Solve;
     assert_eq!(w.len(), rows * n);
-    let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n.max(1) as f64;
-    let a = Mat::<f64>::from_fn(n, n, |i, j| {
-        let d = if i == j {
-            damp * mean_diag + if h[i * n + i] == 0.0 { 1.0 } else { 0.0 }
-        } else {
-            0.0
-        };
-        h[i * n + j] + d
-    });
-    let m = Mat::<f64>::from_fn(n, n, |i, j| c[i * n + j] - h[i * n + j]);
-    let wm = Mat::<f64>::from_fn(rows, n, |r, j| w[r * n + j] as f64);
-    // Y = W M; then X with X A = Y, i.e. A Xᵀ = Yᵀ (A symmetric).
-    let y = &wm * &m;
-    let llt = a.llt(Side::Lower).map_err(|e| {
-        Error::Usage(format!(
-            "SparseGPT: the calibration Hessian is not positive definite ({e:?}); raise the dampening"
-        ))
-    })?;
-    let xt = llt.solve(y.transpose().to_owned());
-    for r in 0..rows {
-        for j in 0..n {
-            w[r * n + j] += xt[(j, r)] as f32;
-        }
-    }
+    let m: Vec<f32> = c.iter().zip(h).map(|(c, h)| (c - h) as f32).collect();
+    let mut r = vec![0.0f32; rows * n];
+    sgemm(
+        rows,
+        n,
+        n,
+        1.0,
+        MatRef::row_major(w, n),
+        MatRef::row_major(&m, n),
+        false,
+        &mut r,
+        n,
+        true,
+    );
+    correct_factored(w, rows, &r, &factor(h, n, damp)?);
     Ok(())
 }
 
@@ -101,46 +230,37 @@ pub fn prune(
     w: &mut [f32],
     rows: usize,
     n: usize,
-    mut h: Vec<f64>,
+    h: Vec<f64>,
     pattern: Pattern,
     sparsity: f64,
     per_row: bool,
     damp: f64,
     block: usize,
 ) -> Result<()> {
-    assert_eq!(w.len(), rows * n);
     assert_eq!(h.len(), n * n);
-    // Inputs that never fire: their weights cannot matter; prune them.
-    for i in 0..n {
-        if h[i * n + i] == 0.0 {
-            h[i * n + i] = 1.0;
-            for r in 0..rows {
-                w[r * n + i] = 0.0;
-            }
+    let f = factor(&h, n, damp)?;
+    prune_factored(w, rows, &f, pattern, sparsity, per_row, block);
+    Ok(())
+}
+
+/// [`prune`] with `H` already factored.
+pub fn prune_factored(
+    w: &mut [f32],
+    rows: usize,
+    f: &Factor,
+    pattern: Pattern,
+    sparsity: f64,
+    per_row: bool,
+    block: usize,
+) {
+    let n = f.n;
+    assert_eq!(w.len(), rows * n);
+    for (i, _) in f.dead.iter().enumerate().filter(|(_, &d)| d) {
+        for r in 0..rows {
+            w[r * n + i] = 0.0;
         }
     }
-    let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n.max(1) as f64;
-    for i in 0..n {
-        h[i * n + i] += damp * mean_diag;
-    }
-    let hm = Mat::<f64>::from_fn(n, n, |i, j| h[i * n + j]);
-    let llt = hm.llt(Side::Lower).map_err(|e| {
-        Error::Usage(format!(
-            "SparseGPT: the calibration Hessian is not positive definite ({e:?}); raise the dampening"
-        ))
-    })?;
-    let hinv = llt.inverse();
-    let l = hinv
-        .llt(Side::Lower)
-        .map_err(|e| Error::Usage(format!("SparseGPT: H⁻¹ has no Cholesky factor ({e:?})")))?;
-    // U upper with Uᵀ U = H⁻¹ (U = Lᵀ).
-    let lf = l.L();
-    let mut u = vec![0.0f32; n * n];
-    for i in 0..n {
-        for j in i..n {
-            u[i * n + j] = lf[(j, i)] as f32;
-        }
-    }
+    let u = &f.u;
     let block = block.max(1);
     let mut i1 = 0;
     while i1 < n {
@@ -244,7 +364,6 @@ pub fn prune(
         }
         i1 = i2;
     }
-    Ok(())
 }
 
 #[cfg(test)]

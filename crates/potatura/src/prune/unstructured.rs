@@ -504,6 +504,20 @@ pub fn sparsify(
     let mut sequential: HashMap<usize, Tensor> = HashMap::new();
     if matches!(opts.method, Method::SparseGpt | Method::Wanda) {
         let data = calib.expect("checked above");
+        // Padding after the longest sequence is cut when that provably
+        // changes nothing.
+        let trimmed = opts
+            .token_mask
+            .as_deref()
+            .and_then(|m| crate::exec::trim_padding(model, data, m));
+        if let Some(t) = &trimmed {
+            tracing::info!(
+                "calibration padding cut: {:?} -> {:?}",
+                data.0[0].1.shape(),
+                t.0[0].1.shape()
+            );
+        }
+        let data = trimmed.as_ref().unwrap_or(data);
         let by_node: HashMap<usize, usize> = ls
             .iter()
             .enumerate()
@@ -811,6 +825,7 @@ fn sparsegpt_weights(
     } else {
         None
     };
+    let wshape = w.shape().to_vec();
     let chunk = |x: &Tensor| -> Result<Vec<Tensor>> {
         if conv.is_some() {
             crate::eval::batches(x, opts.calib_batch.max(1))
@@ -823,7 +838,7 @@ fn sparsegpt_weights(
         let xs = t.f32s()?;
         let sh = t.shape();
         Ok(match &conv {
-            Some(c) => patches(c, xs, sh, w.shape(), v)?,
+            Some(c) => patches(c, xs, sh, &wshape, v)?,
             None => {
                 let k = *sh.last().unwrap_or(&0);
                 if k != n {
@@ -849,10 +864,22 @@ fn sparsegpt_weights(
             }
         })
     };
+    let mut m = vec![0.0f32; v.rows * n];
+    {
+        let wv = w.f32s()?;
+        for r in 0..v.rows {
+            for j in 0..n {
+                let (c, p) = column(v, j);
+                m[r * n + j] = wv[v.index(r, c, p)];
+            }
+        }
+    }
     let mut h = vec![0.0f64; n * n];
-    // C = Xd Xpᵀ when the dense input differs from the pruned one.
-    let mut cross = dense_x.filter(|d| *d != x).map(|_| vec![0.0f64; n * n]);
-    let dense_chunks = match (dense_x, &cross) {
+    // R = W (Xd − Xp) Xpᵀ when the dense input differs from the pruned one.
+    let mut resid = dense_x
+        .filter(|d| *d != x)
+        .map(|_| vec![0.0f32; v.rows * n]);
+    let dense_chunks = match (dense_x, &resid) {
         (Some(d), Some(_)) => chunk(d)?,
         _ => Vec::new(),
     };
@@ -860,33 +887,25 @@ fn sparsegpt_weights(
         let p = columns(t)?;
         let cols = p.len() / n.max(1);
         super::sparsegpt::accumulate(&mut h, &p, n, cols);
-        if let (Some(c), Some(d)) = (cross.as_mut(), dense_chunks.get(ci)) {
+        if let (Some(r), Some(d)) = (resid.as_mut(), dense_chunks.get(ci)) {
             let pd = columns(d)?;
-            super::sparsegpt::accumulate_cross(c, &pd, &p, n, cols);
+            super::sparsegpt::accumulate_residual(r, &m, v.rows, n, &pd, &p, cols);
         }
     }
-    let wv = w.f32s_mut()?;
-    let mut m = vec![0.0f32; v.rows * n];
-    for r in 0..v.rows {
-        for j in 0..n {
-            let (c, p) = column(v, j);
-            m[r * n + j] = wv[v.index(r, c, p)];
-        }
+    let f = super::sparsegpt::factor(&h, n, opts.damp)?;
+    if let Some(r) = &resid {
+        super::sparsegpt::correct_factored(&mut m, v.rows, r, &f);
     }
-    if let Some(c) = &cross {
-        super::sparsegpt::correct(&mut m, v.rows, n, &h, c, opts.damp)?;
-    }
-    super::sparsegpt::prune(
+    super::sparsegpt::prune_factored(
         &mut m,
         v.rows,
-        n,
-        h,
+        &f,
         opts.pattern,
         sparsity,
         opts.per_row,
-        opts.damp,
         opts.block,
-    )?;
+    );
+    let wv = w.f32s_mut()?;
     for r in 0..v.rows {
         for j in 0..n {
             let (c, p) = column(v, j);

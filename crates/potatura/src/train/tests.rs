@@ -693,8 +693,7 @@ fn whole_graph_gradients_of_exported_models() {
                 (s.name.clone(), v)
             })
             .collect();
-        let run =
-            |t: &mut Trainable| t.forward(&feeds, BnMode::Frozen, &mut Rng::new(0)).unwrap();
+        let run = |t: &mut Trainable| t.forward(&feeds, BnMode::Frozen, &mut Rng::new(0)).unwrap();
         let (outs, tape) = run(&mut t);
         let r: Vec<f32> = (0..outs[0].len())
             .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
