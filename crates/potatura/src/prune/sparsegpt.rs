@@ -13,9 +13,45 @@ use crate::ops::matmul::{sgemm, MatRef};
 use super::unstructured::Pattern;
 
 /// Accumulates `H += P Pᵀ` for `P` of `n` features by `cols` samples
-/// (row-major `[n, cols]`).
+/// (row-major `[n, cols]`). Only the blocks on and above the diagonal are
+/// multiplied (half the work of a full product); the rest is mirrored.
 pub fn accumulate(h: &mut [f64], p: &[f32], n: usize, cols: usize) {
-    accumulate_cross(h, p, p, n, cols);
+    if cols == 0 {
+        return;
+    }
+    const B: usize = 256;
+    let mut tmp = vec![0.0f32; B.min(n) * n];
+    for r0 in (0..n).step_by(B) {
+        let m = B.min(n - r0);
+        let w = n - r0;
+        // H[r0..r0+m, r0..n] = P[r0..r0+m] · P[r0..n]ᵀ
+        sgemm(
+            m,
+            w,
+            cols,
+            1.0,
+            MatRef::row_major(&p[r0 * cols..], cols),
+            MatRef {
+                data: &p[r0 * cols..],
+                rs: 1,
+                cs: cols,
+            },
+            false,
+            &mut tmp[..m * w],
+            w,
+            true,
+        );
+        for i in 0..m {
+            for j in i..w {
+                let v = tmp[i * w + j] as f64;
+                let (a, b) = (r0 + i, r0 + j);
+                h[a * n + b] += v;
+                if a != b {
+                    h[b * n + a] += v;
+                }
+            }
+        }
+    }
 }
 
 /// Accumulates `C += A Bᵀ` for `A`, `B` of `n` features by `cols` samples
@@ -464,6 +500,20 @@ mod tests {
             assert!(g.iter().filter(|&&v| v != 0.0).count() <= 2);
         }
         assert!(output_error(&w, &w0, &x, rows, n, samples) < em);
+    }
+
+    #[test]
+    fn symmetric_accumulation_equals_the_full_product() {
+        // Two diagonal blocks of 256 and a partial one.
+        let (n, cols) = (300, 7);
+        let (_, p) = data(1, n, cols, 5);
+        let mut h = vec![0.5f64; n * n];
+        accumulate(&mut h, &p, n, cols);
+        let mut c = vec![0.5f64; n * n];
+        accumulate_cross(&mut c, &p, &p, n, cols);
+        for (i, (a, b)) in h.iter().zip(&c).enumerate() {
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{i}: {a} vs {b}");
+        }
     }
 
     #[test]
