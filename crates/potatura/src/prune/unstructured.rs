@@ -393,10 +393,14 @@ pub fn sparsify(
     let ls = layers(model, inputs)?;
     // Up-front activation norms only serve the global and OWL allocations:
     // wanda's and sparsegpt's masks come from the calibration pass below.
+    // OWL counts outliers of |W|·‖X‖ (Wanda's score, as in the OWL paper)
+    // for SparseGPT too.
+    let owl_scores = opts.allocation == Allocation::Owl
+        && matches!(opts.method, Method::Wanda | Method::SparseGpt);
     let norms = match calib {
         Some(d)
-            if opts.method == Method::Wanda
-                && matches!(opts.allocation, Allocation::Global | Allocation::Owl) =>
+            if owl_scores
+                || (opts.method == Method::Wanda && opts.allocation == Allocation::Global) =>
         {
             input_norms(model, &ls, d, opts.calib_batch)?
         }
@@ -409,6 +413,7 @@ pub fn sparsify(
         .map(|l| {
             let w = l.w.f32s().expect("float weights");
             match opts.method {
+                Method::SparseGpt if owl_scores => wanda_scores(l, w, norms.get(&l.input)),
                 Method::Magnitude | Method::SparseGpt => w.iter().map(|v| v.abs() as f64).collect(),
                 Method::Random => w.iter().map(|_| rng.next_f64()).collect(),
                 Method::Wanda => wanda_scores(l, w, norms.get(&l.input)),
