@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 use potatura::exec::Executor;
 use potatura::ir::{resolve_input_shapes, InputShape, Model};

@@ -959,53 +959,76 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
     );
     let (xv, dyv) = (x.f32s()?, dy.f32s()?);
     let (pin, pout) = (i3.iter().product::<usize>(), o3.iter().product::<usize>());
-    let planes = sh[0] * sh[1];
     let mut dx = vec![0.0f32; xv.len()];
-    for c in 0..planes {
-        let xp = &xv[c * pin..][..pin];
-        let dxp = &mut dx[c * pin..][..pin];
-        for oi in 0..pout {
-            let (oz, oy, ox) = (oi / (o3[1] * o3[2]), (oi / o3[2]) % o3[1], oi % o3[2]);
-            let mut taps: Vec<usize> = Vec::with_capacity(k3.iter().product());
-            let mut window = 0usize;
-            for kz in 0..k3[0] {
-                for ky in 0..k3[1] {
-                    for kx in 0..k3[2] {
-                        let z = (oz * s3[0] + kz * d3[0]) as isize - p3[0] as isize;
+    // One plane per task; windows walked in place (no allocation).
+    use rayon::prelude::*;
+    dx.par_chunks_mut(pin.max(1))
+        .enumerate()
+        .for_each(|(c, dxp)| {
+            let xp = &xv[c * pin..][..pin];
+            let dyp = &dyv[c * pout..][..pout];
+            for (oi, &d) in dyp.iter().enumerate() {
+                let (oz, oy, ox) = (oi / (o3[1] * o3[2]), (oi / o3[2]) % o3[1], oi % o3[2]);
+                let mut best: Option<usize> = None;
+                let mut window = 0usize;
+                let mut each = |t: Option<usize>| match t {
+                    Some(t) => {
+                        window += 1;
+                        // The first maximum takes the gradient (as the
+                        // forward's first-wins comparison).
+                        if best.is_none_or(|b| xp[t] > xp[b]) {
+                            best = Some(t);
+                        }
+                    }
+                    None => window += include_pad as usize,
+                };
+                for kz in 0..k3[0] {
+                    let z = (oz * s3[0] + kz * d3[0]) as isize - p3[0] as isize;
+                    for ky in 0..k3[1] {
                         let yy = (oy * s3[1] + ky * d3[1]) as isize - p3[1] as isize;
-                        let xx = (ox * s3[2] + kx * d3[2]) as isize - p3[2] as isize;
-                        let inside = z >= 0
-                            && yy >= 0
-                            && xx >= 0
-                            && (z as usize) < i3[0]
-                            && (yy as usize) < i3[1]
-                            && (xx as usize) < i3[2];
-                        if inside {
-                            taps.push((z as usize * i3[1] + yy as usize) * i3[2] + xx as usize);
-                            window += 1;
-                        } else if include_pad {
-                            window += 1;
+                        for kx in 0..k3[2] {
+                            let xx = (ox * s3[2] + kx * d3[2]) as isize - p3[2] as isize;
+                            let inside = z >= 0
+                                && yy >= 0
+                                && xx >= 0
+                                && (z as usize) < i3[0]
+                                && (yy as usize) < i3[1]
+                                && (xx as usize) < i3[2];
+                            each(inside.then(|| {
+                                (z as usize * i3[1] + yy as usize) * i3[2] + xx as usize
+                            }));
+                        }
+                    }
+                }
+                if max {
+                    if let Some(b) = best {
+                        dxp[b] += d;
+                    }
+                } else if window > 0 {
+                    let share = d / window as f32;
+                    // Second walk over the window for the average.
+                    for kz in 0..k3[0] {
+                        let z = (oz * s3[0] + kz * d3[0]) as isize - p3[0] as isize;
+                        for ky in 0..k3[1] {
+                            let yy = (oy * s3[1] + ky * d3[1]) as isize - p3[1] as isize;
+                            for kx in 0..k3[2] {
+                                let xx = (ox * s3[2] + kx * d3[2]) as isize - p3[2] as isize;
+                                if z >= 0
+                                    && yy >= 0
+                                    && xx >= 0
+                                    && (z as usize) < i3[0]
+                                    && (yy as usize) < i3[1]
+                                    && (xx as usize) < i3[2]
+                                {
+                                    dxp[(z as usize * i3[1] + yy as usize) * i3[2] + xx as usize] +=
+                                        share;
+                                }
+                            }
                         }
                     }
                 }
             }
-            let d = dyv[c * pout + oi];
-            if max {
-                // The first maximum takes the gradient (as the forward's
-                // first-wins comparison).
-                if let Some(&best) = taps
-                    .iter()
-                    .reduce(|b, t| if xp[*t] > xp[*b] { t } else { b })
-                {
-                    dxp[best] += d;
-                }
-            } else if window > 0 {
-                for t in taps {
-                    dxp[t] += d / window as f32;
-                }
-            }
-        }
-    }
+        });
     Ok(Tensor::from_f32(sh, dx))
 }
 
