@@ -4,9 +4,13 @@
 //! same run. `scripts/crosscheck/train_throughput.py` measures PyTorch on
 //! the same architectures for comparison.
 //!
-//! Run with `cargo bench -p potatura --bench train`.
+//! Run with `cargo bench -p potatura --bench train`. The allocator is the
+//! CLI's (mimalloc), so the numbers are what `potatura recover` gets.
 
 use std::path::PathBuf;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use potatura::data::Feeds;
