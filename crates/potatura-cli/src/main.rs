@@ -6,8 +6,24 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+/// mimalloc keeps freed memory for reuse: training allocates and frees the
+/// same large activation buffers every step, and the system allocator
+/// returned them to the OS each time (page faults, TLB shootdowns: MNIST
+/// CNN training 216 samples/s with glibc, about 390 with mimalloc).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (v2 option enum): -1 never returns
+/// freed memory to the OS, which suits a short-lived CLI process
+/// (MobileNetV2-style training: 245 -> 312 samples/s).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+fn keep_freed_memory() {
+    // SAFETY: called first thing in `main`, before any other thread runs
+    // (mi_option_set is not thread safe); 15 is purge_delay in the v2 enum
+    // this crate builds.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
 
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 use potatura::exec::Executor;
@@ -994,6 +1010,7 @@ fn load(path: &Path) -> Result<Model> {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -12,6 +12,12 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn keep_freed_memory() {
+    // SAFETY: before any other thread runs; 15 is mimalloc's purge_delay
+    // (see the CLI's main.rs).
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) }
+}
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use potatura::data::Feeds;
 use potatura::exec::Executor;
@@ -26,6 +32,7 @@ const BATCH: usize = 64;
 const STEPS: usize = 4;
 
 fn bench(c: &mut Criterion) {
+    keep_freed_memory();
     let cases = [
         (
             "mnist_cnn",

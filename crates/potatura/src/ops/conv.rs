@@ -1711,10 +1711,11 @@ pub fn conv_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
     total
 }
 
-/// For every (output index, input index) pair of one depthwise plane:
-/// calls `f(tap, out index, in index)`.
-#[inline(always)]
-fn depthwise_taps(g: &G3, mut f: impl FnMut(usize, usize, usize)) {
+/// Visits the taps of a depthwise conv as runs along the last axis:
+/// `f(tap, o, i, len)` covers output positions `o..o + len` and input
+/// positions `i, i + s, ...` (`s` the last axis's stride) for one output
+/// row, so the kernels below are plain (vectorisable) loops.
+fn depthwise_runs(g: &G3, mut f: impl FnMut(usize, usize, usize, usize)) {
     for kd in 0..g.k[0] {
         for kh in 0..g.k[1] {
             for kw in 0..g.k[2] {
@@ -1723,21 +1724,47 @@ fn depthwise_taps(g: &G3, mut f: impl FnMut(usize, usize, usize)) {
                 let (zl, zh) = g.valid(0, offd);
                 let (yl, yh) = g.valid(1, offh);
                 let (xl, xh) = g.valid(2, offw);
+                if xl >= xh {
+                    continue;
+                }
                 for z in zl..zh {
                     let zi = (z * g.s[0]) as isize + offd;
                     for y in yl..yh {
                         let yi = (y * g.s[1]) as isize + offh;
                         let orow = (z * g.o[1] + y) * g.o[2];
                         let irow = (zi as usize * g.i[1] + yi as usize) * g.i[2];
-                        for xo in xl..xh {
-                            let xi = (xo * g.s[2]) as isize + offw;
-                            f(tap, orow + xo, irow + xi as usize);
-                        }
+                        let xi = (xl * g.s[2]) as isize + offw;
+                        f(tap, orow + xl, irow + xi as usize, xh - xl);
                     }
                 }
             }
         }
     }
+}
+
+/// `Σ x[k s] y[k]` over `y`, in 8 independent partial sums.
+#[inline(always)]
+fn dot_strided(x: &[f32], s: usize, y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let full = y.len() / 8 * 8;
+    if s == 1 {
+        for (xc, yc) in x[..full].chunks_exact(8).zip(y[..full].chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += xc[l] * yc[l];
+            }
+        }
+    } else {
+        for (c, yc) in y[..full].chunks_exact(8).enumerate() {
+            for l in 0..8 {
+                acc[l] += x[(c * 8 + l) * s] * yc[l];
+            }
+        }
+    }
+    let mut tail = 0.0f32;
+    for k in full..y.len() {
+        tail += x[k * s] * y[k];
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Input gradient of a depthwise conv (one input and one output channel
@@ -1746,12 +1773,24 @@ fn depthwise_input_grad(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32> {
     let g = geom.g3();
     let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
     let c = geom.c_in;
+    let s = g.s[2];
     let mut dx = vec![0.0f32; geom.n * c * pin];
     dx.par_chunks_mut(pin).enumerate().for_each(|(plane, dxp)| {
         let ch = plane % c;
         let wk = &w[ch * ks..][..ks];
         let dyp = &dy[plane * p..][..p];
-        depthwise_taps(&g, |tap, o, i| dxp[i] += wk[tap] * dyp[o]);
+        depthwise_runs(&g, |tap, o, i, len| {
+            let (wv, d) = (wk[tap], &dyp[o..o + len]);
+            if s == 1 {
+                for (x, &d) in dxp[i..i + len].iter_mut().zip(d) {
+                    *x += wv * d;
+                }
+            } else {
+                for (k, &d) in d.iter().enumerate() {
+                    dxp[i + k * s] += wv * d;
+                }
+            }
+        });
     });
     dx
 }
@@ -1762,12 +1801,15 @@ fn depthwise_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
     let g = geom.g3();
     let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
     let c = geom.c_in;
+    let s = g.s[2];
     let mut dw = vec![0.0f32; c * ks];
     dw.par_chunks_mut(ks).enumerate().for_each(|(ch, dwc)| {
         for img in 0..geom.n {
             let plane = img * c + ch;
             let (xp, dyp) = (&x[plane * pin..][..pin], &dy[plane * p..][..p]);
-            depthwise_taps(&g, |tap, o, i| dwc[tap] += xp[i] * dyp[o]);
+            depthwise_runs(&g, |tap, o, i, len| {
+                dwc[tap] += dot_strided(&xp[i..], s, &dyp[o..o + len]);
+            });
         }
     });
     dw

@@ -142,10 +142,7 @@ pub(crate) fn backward(
             let a = x(0)?.f32s()?;
             g[0] = Some(like(
                 x(0)?,
-                a.iter()
-                    .zip(dyv)
-                    .map(|(&v, &d)| if v > 0.0 { d } else { 0.0 })
-                    .collect(),
+                zip_map(a, dyv, |v, d| if v > 0.0 { d } else { 0.0 }),
             ));
         }
         "LeakyRelu" => {
@@ -153,10 +150,7 @@ pub(crate) fn backward(
             let a = x(0)?.f32s()?;
             g[0] = Some(like(
                 x(0)?,
-                a.iter()
-                    .zip(dyv)
-                    .map(|(&v, &d)| if v > 0.0 { d } else { alpha * d })
-                    .collect(),
+                zip_map(a, dyv, |v, d| if v > 0.0 { d } else { alpha * d }),
             ));
         }
         "Clip" => {
@@ -171,31 +165,16 @@ pub(crate) fn backward(
             let a = x(0)?.f32s()?;
             g[0] = Some(like(
                 x(0)?,
-                a.iter()
-                    .zip(dyv)
-                    .map(|(&v, &d)| if v > lo && v < hi { d } else { 0.0 })
-                    .collect(),
+                zip_map(a, dyv, |v, d| if v > lo && v < hi { d } else { 0.0 }),
             ));
         }
         "Sigmoid" => {
             let y = outs[0].f32s()?;
-            g[0] = Some(like(
-                x(0)?,
-                y.iter()
-                    .zip(dyv)
-                    .map(|(&y, &d)| d * y * (1.0 - y))
-                    .collect(),
-            ));
+            g[0] = Some(like(x(0)?, zip_map(y, dyv, |y, d| d * y * (1.0 - y))));
         }
         "Tanh" => {
             let y = outs[0].f32s()?;
-            g[0] = Some(like(
-                x(0)?,
-                y.iter()
-                    .zip(dyv)
-                    .map(|(&y, &d)| d * (1.0 - y * y))
-                    .collect(),
-            ));
+            g[0] = Some(like(x(0)?, zip_map(y, dyv, |y, d| d * (1.0 - y * y))));
         }
         "Softmax" | "LogSoftmax" => {
             let y = outs[0];
@@ -994,9 +973,11 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
                                 && (z as usize) < i3[0]
                                 && (yy as usize) < i3[1]
                                 && (xx as usize) < i3[2];
-                            each(inside.then(|| {
-                                (z as usize * i3[1] + yy as usize) * i3[2] + xx as usize
-                            }));
+                            each(
+                                inside.then(|| {
+                                    (z as usize * i3[1] + yy as usize) * i3[2] + xx as usize
+                                }),
+                            );
                         }
                     }
                 }
@@ -1020,8 +1001,8 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
                                     && (yy as usize) < i3[1]
                                     && (xx as usize) < i3[2]
                                 {
-                                    dxp[(z as usize * i3[1] + yy as usize) * i3[2] + xx as usize] +=
-                                        share;
+                                    dxp[(z as usize * i3[1] + yy as usize) * i3[2]
+                                        + xx as usize] += share;
                                 }
                             }
                         }
@@ -1033,12 +1014,19 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
 }
 
 /// An element-wise rule `dx = f(x, y, dy)`.
-fn unary(x: &Tensor, y: &Tensor, dy: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> Result<Tensor> {
+fn unary(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32 + Sync + Send,
+) -> Result<Tensor> {
+    use rayon::prelude::*;
     let (xv, yv) = (x.f32s()?, y.f32s()?);
     let v = xv
-        .iter()
+        .par_iter()
         .zip(yv)
         .zip(dy)
+        .with_min_len(1 << 14)
         .map(|((&x, &y), &d)| f(x, y, d))
         .collect();
     Ok(Tensor::from_f32(x.shape().to_vec(), v))
@@ -1128,4 +1116,14 @@ fn traced_backward(site: &Site, ins: &[Option<&Tensor>], dy: &Tensor) -> Result<
         }
     }
     Ok(dx)
+}
+
+/// `f(a[i], b[i])` for every element, in parallel for large tensors.
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    use rayon::prelude::*;
+    a.par_iter()
+        .zip(b)
+        .with_min_len(1 << 14)
+        .map(|(&x, &y)| f(x, y))
+        .collect()
 }
