@@ -1157,6 +1157,7 @@ fn gzip_in_background(path: &Path) -> std::thread::JoinHandle<Option<u64>> {
     std::thread::spawn(move || gzip_file(&p))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn measure(
     model: &Model,
     file: Option<&Path>,
@@ -1165,10 +1166,11 @@ fn measure(
     a: &PruneArgs,
     eval: Option<&(potatura::ir::Tensor, Option<Vec<i64>>)>,
     reference: Option<&[Vec<f32>]>,
+    known_preds: Option<Vec<Vec<f32>>>,
 ) -> Result<(Measured, Option<Vec<Vec<f32>>>)> {
     let s = potatura::report::summarize(model, inputs)?;
     // The executor (constant folding included) only when something runs.
-    let exec = if a.latency_seconds > 0.0 || eval.is_some() {
+    let exec = if a.latency_seconds > 0.0 || (eval.is_some() && known_preds.is_none()) {
         Some(Executor::new(model)?)
     } else {
         None
@@ -1187,9 +1189,12 @@ fn measure(
         None
     };
     let (mut accuracy, mut agreement, mut preds) = (None, None, None);
-    if let (Some((x, labels)), Some(exec)) = (eval, &exec) {
-        let batch = fixed_batch(exec).unwrap_or(64);
-        let p = potatura::eval::predict(exec, x, batch)?;
+    if let Some((x, labels)) = eval {
+        let p = match (known_preds, &exec) {
+            (Some(p), _) => p,
+            (None, Some(exec)) => potatura::eval::predict(exec, x, fixed_batch(exec).unwrap_or(64))?,
+            (None, None) => bail!("internal: no executor for the eval set"),
+        };
         let r = potatura::eval::score(&p, labels.as_deref(), reference)?;
         accuracy = r.accuracy;
         agreement = r.agreement;
@@ -1479,6 +1484,9 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         &a.images,
         a.eval_samples,
     )?;
+    // The dense model's predictions on the eval set, once (recovery needs
+    // them before the report does).
+    let mut dense_preds: Option<Vec<Vec<f32>>> = None;
     let (pruned, recovery) = if a.recover {
         let specs = if a.recover_data.is_empty() {
             &a.calib
@@ -1500,8 +1508,10 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         let data = potatura::data::load_feeds(&inputs, specs, &lo).context("--recover-data")?;
         let right_after = match &eval {
             Some((x, l)) => {
-                let (_, dense_p) = score_model(&model, x, l.as_deref(), None)?;
-                Some(score_model(&pruned, x, l.as_deref(), Some(&dense_p))?.0)
+                let (_, p) = score_model(&model, x, l.as_deref(), None)?;
+                let r = score_model(&pruned, x, l.as_deref(), Some(&p))?.0;
+                dense_preds = Some(p);
+                Some(r)
             }
             None => None,
         };
@@ -1609,6 +1619,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         a,
         eval.as_ref(),
         None,
+        dense_preds,
     )?;
     tracing::info!("dense model measured");
     let (after, _) = measure(
@@ -1619,6 +1630,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         a,
         eval.as_ref(),
         dense_preds.as_deref(),
+        None,
     )?;
     tracing::info!("pruned model measured");
     let lb = layer_channels(&model, &inputs)?;

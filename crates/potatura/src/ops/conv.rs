@@ -1942,40 +1942,64 @@ fn prune_group(cx: &mut dyn PruneCx, group: usize, port: Port) -> Result<()> {
     Ok(())
 }
 
+impl ConvTranspose {
+    /// From a ConvTranspose node's attributes.
+    pub fn from_node(node: &Node) -> Result<ConvTranspose> {
+        let output_padding = match node.attr_ints("output_padding")? {
+            None => None,
+            Some(v) => {
+                if let Some(bad) = v.iter().find(|&&x| x < 0) {
+                    return Err(op_error(format!(
+                        "output_padding must be >= 0, got {bad} in {v:?}"
+                    )));
+                }
+                Some(v.iter().map(|&x| x as usize).collect())
+            }
+        };
+        let output_shape = match node.attr_ints("output_shape")? {
+            None => None,
+            Some(v) => {
+                if let Some(bad) = v.iter().find(|&&x| x < 1) {
+                    return Err(op_error(format!(
+                        "output_shape must be positive, got {bad} in {v:?}"
+                    )));
+                }
+                Some(v.iter().map(|&x| x as usize).collect())
+            }
+        };
+        Ok(ConvTranspose {
+            attrs: ConvAttrs::from_node(node)?,
+            output_padding,
+            output_shape,
+        })
+    }
+
+    /// The convolution this one transposes: its input is this op's output
+    /// and its output this op's input, with the same weight.
+    pub fn forward_conv_geometry(&self, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
+        let t = self.geometry(x, w)?;
+        Ok(ConvGeom {
+            n: t.n,
+            c_in: t.c_out,
+            c_out: t.c_in,
+            group: t.group,
+            in_sp: t.out_sp,
+            out_sp: t.in_sp,
+            kernel: t.kernel,
+            strides: t.strides,
+            dilations: t.dilations,
+            pads_begin: t.pads_begin,
+            pads_end: t.pads_end,
+        })
+    }
+}
+
 /// Builds Conv and ConvTranspose.
 pub fn build(node: &Node, _opset: i64) -> Result<Box<dyn Op>> {
     let attrs = ConvAttrs::from_node(node)?;
     match node.op_type.as_str() {
         "Conv" => Ok(Box::new(Conv { attrs })),
-        "ConvTranspose" => {
-            let output_padding = match node.attr_ints("output_padding")? {
-                None => None,
-                Some(v) => {
-                    if let Some(bad) = v.iter().find(|&&x| x < 0) {
-                        return Err(op_error(format!(
-                            "output_padding must be >= 0, got {bad} in {v:?}"
-                        )));
-                    }
-                    Some(v.iter().map(|&x| x as usize).collect())
-                }
-            };
-            let output_shape = match node.attr_ints("output_shape")? {
-                None => None,
-                Some(v) => {
-                    if let Some(bad) = v.iter().find(|&&x| x < 1) {
-                        return Err(op_error(format!(
-                            "output_shape must be positive, got {bad} in {v:?}"
-                        )));
-                    }
-                    Some(v.iter().map(|&x| x as usize).collect())
-                }
-            };
-            Ok(Box::new(ConvTranspose {
-                attrs,
-                output_padding,
-                output_shape,
-            }))
-        }
+        "ConvTranspose" => Ok(Box::new(ConvTranspose::from_node(node)?)),
         o => Err(op_error(format!("conv::build called for {o}"))),
     }
 }

@@ -23,6 +23,7 @@ pub const SUPPORTED: &[&str] = &[
     "Clip",
     "Concat",
     "Conv",
+    "ConvTranspose",
     "Div",
     "Dropout",
     "Erf",
@@ -316,6 +317,37 @@ pub(crate) fn backward(
                 let mut db = vec![0.0f32; geom.c_out];
                 for (i, plane) in dyv.chunks(p.max(1)).enumerate() {
                     db[i % geom.c_out] += plane.iter().sum::<f32>();
+                }
+                g[2] = Some(like(b, db));
+            }
+        }
+        "ConvTranspose" => {
+            // The transpose of the conv `c` that maps this op's output
+            // space to its input space: dX = conv_c(dY), dW = the weight
+            // gradient of conv_c with dY as its input and X as its output
+            // gradient.
+            let (a, w) = (x(0)?, x(1)?);
+            let ct = crate::ops::conv::ConvTranspose::from_node(node)?;
+            let c = ct
+                .forward_conv_geometry(a.shape(), w.shape())
+                .map_err(|e| err(node, e.to_string()))?;
+            if need(0) {
+                g[0] = Some(like(
+                    a,
+                    crate::ops::conv::conv_forward(dyv, w.f32s()?, None, &c),
+                ));
+            }
+            if need(1) {
+                g[1] = Some(like(
+                    w,
+                    crate::ops::conv::conv_weight_grad(dyv, a.f32s()?, &c),
+                ));
+            }
+            if let Some(b) = ins.get(2).copied().flatten() {
+                let p: usize = c.in_sp.iter().product();
+                let mut db = vec![0.0f32; c.c_in];
+                for (i, plane) in dyv.chunks(p.max(1)).enumerate() {
+                    db[i % c.c_in] += plane.iter().sum::<f32>();
                 }
                 g[2] = Some(like(b, db));
             }
