@@ -1192,7 +1192,9 @@ fn measure(
     if let Some((x, labels)) = eval {
         let p = match (known_preds, &exec) {
             (Some(p), _) => p,
-            (None, Some(exec)) => potatura::eval::predict(exec, x, fixed_batch(exec).unwrap_or(64))?,
+            (None, Some(exec)) => {
+                potatura::eval::predict(exec, x, fixed_batch(exec).unwrap_or(64))?
+            }
             (None, None) => bail!("internal: no executor for the eval set"),
         };
         let r = potatura::eval::score(&p, labels.as_deref(), reference)?;
