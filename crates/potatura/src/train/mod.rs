@@ -1237,12 +1237,15 @@ pub fn recover_with(
     let started = std::time::Instant::now();
     let mut step = first;
     while step < total {
-        if let (Some(budget), true) = (opts.max_seconds, step == first + 3) {
-            let per = started.elapsed().as_secs_f64() / 3.0;
-            total = total.min(
-                step + ((budget - started.elapsed().as_secs_f64()) / per.max(1e-9)).max(1.0)
-                    as usize,
-            );
+        // The time budget: after 3 steps, and again every 16 steps (the
+        // machine may slow down), the run is shortened to the steps that
+        // still fit at the mean step time so far.
+        let done = step - first;
+        if let (Some(budget), true) = (opts.max_seconds, done >= 3 && (done == 3 || done % 16 == 0))
+        {
+            let elapsed = started.elapsed().as_secs_f64();
+            let per = elapsed / done as f64;
+            total = total.min(step + ((budget - elapsed) / per.max(1e-9)).max(1.0) as usize);
         }
         if let Some(g) = &opts.gradual {
             if let Some(s_t) = g.sparsity_at(step) {
