@@ -844,3 +844,103 @@ fn infer(model: &Model, inputs: &[InputShape], lenient: bool) -> Result<ShapeInf
         unknown,
     })
 }
+
+#[cfg(test)]
+mod trim_tests {
+    use super::*;
+    use crate::ir::{AttrValue, Attribute, ConstTensor, DType, Graph, Node, ValueInfo};
+
+    /// `[b, s, 4]` features and a `[b, s]` mask; `mix` makes every token
+    /// see the mean over the sequence (padding then matters).
+    fn model(mix: bool) -> Model {
+        let sym = |n: &str| Dim::Sym(n.into());
+        let w = Tensor::from_f32(vec![4, 3], (0..12).map(|i| i as f32 * 0.1 - 0.5).collect());
+        let mut nodes = vec![
+            Node::new(
+                "cast",
+                "Cast",
+                &["mask"],
+                &["mf"],
+                vec![Attribute::new("to", AttrValue::Int(1))],
+            ),
+            Node::new("unsq", "Unsqueeze", &["mf", "axes"], &["m3"], vec![]),
+            Node::new("mm", "MatMul", &["x", "w"], &["h"], vec![]),
+            Node::new("mul", "Mul", &["h", "m3"], &["y"], vec![]),
+        ];
+        if mix {
+            nodes.push(Node::new(
+                "mean",
+                "ReduceMean",
+                &["y"],
+                &["ym"],
+                vec![
+                    Attribute::new("axes", AttrValue::Ints(vec![1])),
+                    Attribute::new("keepdims", AttrValue::Int(1)),
+                ],
+            ));
+            nodes.push(Node::new("add", "Add", &["y", "ym"], &["out"], vec![]));
+        } else {
+            nodes.push(Node::new("id", "Identity", &["y"], &["out"], vec![]));
+        }
+        Model {
+            graph: Graph {
+                nodes,
+                initializers: vec![
+                    ConstTensor::from_tensor("w", &w).unwrap(),
+                    ConstTensor::from_tensor("axes", &Tensor::from_i64(vec![1], vec![2])).unwrap(),
+                ],
+                inputs: vec![
+                    ValueInfo::new("x", DType::F32, vec![sym("b"), sym("s"), Dim::Known(4)]),
+                    ValueInfo::new("mask", DType::I64, vec![sym("b"), sym("s")]),
+                ],
+                outputs: vec![ValueInfo::new(
+                    "out",
+                    DType::F32,
+                    vec![sym("b"), sym("s"), Dim::Known(3)],
+                )],
+                value_info: Vec::new(),
+                rest: Default::default(),
+            },
+            opsets: vec![(String::new(), 17)],
+            rest: Default::default(),
+            base_dir: None,
+        }
+    }
+
+    fn data() -> crate::data::Feeds {
+        // 3 samples of 6 tokens; the longest has 4 real tokens.
+        let mask: Vec<i64> = [4, 2, 3]
+            .iter()
+            .flat_map(|&n| (0..6).map(move |t| (t < n) as i64))
+            .collect();
+        let x = Tensor::from_f32(
+            vec![3, 6, 4],
+            (0..72).map(|i| (i % 7) as f32 - 3.0).collect(),
+        );
+        crate::data::Feeds::new(vec![
+            ("x".into(), x),
+            ("mask".into(), Tensor::from_i64(vec![3, 6], mask)),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn padding_is_cut_only_when_it_changes_nothing() {
+        let t = trim_padding(&model(false), &data(), "mask").expect("per-token model");
+        assert_eq!(t.get("x").unwrap().shape(), &[3, 4, 4]);
+        assert_eq!(t.get("mask").unwrap().shape(), &[3, 4]);
+        // The first 4 tokens of every sample are kept as they were.
+        let full = data();
+        let (a, b) = (
+            full.get("x").unwrap().f32s().unwrap(),
+            t.get("x").unwrap().f32s().unwrap(),
+        );
+        for s in 0..3 {
+            assert_eq!(&a[s * 24..s * 24 + 16], &b[s * 16..s * 16 + 16]);
+        }
+        // A model that mixes tokens: padding changes the outputs; refused.
+        assert!(trim_padding(&model(true), &data(), "mask").is_none());
+        // Nothing to cut when a sample fills the sequence; no such input.
+        assert!(trim_padding(&model(false), &data(), "nope").is_none());
+    }
+}
