@@ -600,18 +600,19 @@ pub fn relax_batch(model: &Model, probe: &crate::data::Feeds) -> Option<Model> {
             if b.shape().first() != Some(&2) || bv.len() != 2 * av.len() {
                 return None;
             }
-            let part = &bv[s * av.len()..(s + 1) * av.len()];
-            let scale = av.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
-            if av
-                .iter()
-                .zip(part)
-                .any(|(x, y)| (x - y).abs() > 1e-4 * scale)
-            {
+            if !close(&av, &bv[s * av.len()..(s + 1) * av.len()]) {
                 return None;
             }
         }
     }
     Some(relaxed)
+}
+
+/// Whether `b` equals `a` within 1e-4 of `a`'s largest magnitude (the
+/// check of [`relax_batch`] and [`trim_padding`]).
+fn close(a: &[f64], b: &[f64]) -> bool {
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+    a.len() == b.len() && !a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4 * scale)
 }
 
 /// Calibration data with trailing padding cut off: when `mask` (an
@@ -675,13 +676,7 @@ pub fn trim_padding(
         if f.shape() != s.shape() {
             return None;
         }
-        let (fv, sv) = (f.to_f64_vec(), s.to_f64_vec());
-        let scale = fv.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
-        if fv
-            .iter()
-            .zip(&sv)
-            .any(|(a, b)| (a - b).abs() > 1e-4 * scale)
-        {
+        if !close(&f.to_f64_vec(), &s.to_f64_vec()) {
             return None;
         }
     }

@@ -259,6 +259,25 @@ fn valid_range(n_out: usize, n_in: usize, s: usize, off: isize) -> (usize, usize
 }
 
 impl ConvGeom {
+    /// The same geometry seen from the other side: input and output
+    /// channels and spatial sizes exchanged (a Conv's and the
+    /// ConvTranspose that undoes its shapes share a weight and this map).
+    pub fn swapped(&self) -> ConvGeom {
+        ConvGeom {
+            n: self.n,
+            c_in: self.c_out,
+            c_out: self.c_in,
+            group: self.group,
+            in_sp: self.out_sp.clone(),
+            out_sp: self.in_sp.clone(),
+            kernel: self.kernel.clone(),
+            strides: self.strides.clone(),
+            dilations: self.dilations.clone(),
+            pads_begin: self.pads_begin.clone(),
+            pads_end: self.pads_end.clone(),
+        }
+    }
+
     fn g3(&self) -> G3 {
         G3 {
             i: to3(&self.in_sp, 1),
@@ -1629,20 +1648,7 @@ pub fn conv_input_grad(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32> {
     if cg == 1 && cog == 1 {
         return depthwise_input_grad(dy, w, geom);
     }
-    let t = ConvGeom {
-        n: geom.n,
-        c_in: geom.c_out,
-        c_out: geom.c_in,
-        group: geom.group,
-        in_sp: geom.out_sp.clone(),
-        out_sp: geom.in_sp.clone(),
-        kernel: geom.kernel.clone(),
-        strides: geom.strides.clone(),
-        dilations: geom.dilations.clone(),
-        pads_begin: geom.pads_begin.clone(),
-        pads_end: geom.pads_end.clone(),
-    };
-    conv_transpose_forward(dy, w, None, &t)
+    conv_transpose_forward(dy, w, None, &geom.swapped())
 }
 
 /// Gradient of a convolution's weight: for every image and group,
@@ -1977,20 +1983,7 @@ impl ConvTranspose {
     /// The convolution this one transposes: its input is this op's output
     /// and its output this op's input, with the same weight.
     pub fn forward_conv_geometry(&self, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
-        let t = self.geometry(x, w)?;
-        Ok(ConvGeom {
-            n: t.n,
-            c_in: t.c_out,
-            c_out: t.c_in,
-            group: t.group,
-            in_sp: t.out_sp,
-            out_sp: t.in_sp,
-            kernel: t.kernel,
-            strides: t.strides,
-            dilations: t.dilations,
-            pads_begin: t.pads_begin,
-            pads_end: t.pads_end,
-        })
+        Ok(self.geometry(x, w)?.swapped())
     }
 }
 

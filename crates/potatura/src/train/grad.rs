@@ -313,12 +313,7 @@ pub(crate) fn backward(
                 ));
             }
             if let Some(b) = ins.get(2).copied().flatten() {
-                let p = geom.out_len();
-                let mut db = vec![0.0f32; geom.c_out];
-                for (i, plane) in dyv.chunks(p.max(1)).enumerate() {
-                    db[i % geom.c_out] += plane.iter().sum::<f32>();
-                }
-                g[2] = Some(like(b, db));
+                g[2] = Some(like(b, channel_sums(dyv, geom.c_out, geom.out_len())));
             }
         }
         "ConvTranspose" => {
@@ -344,12 +339,7 @@ pub(crate) fn backward(
                 ));
             }
             if let Some(b) = ins.get(2).copied().flatten() {
-                let p: usize = c.in_sp.iter().product();
-                let mut db = vec![0.0f32; c.c_in];
-                for (i, plane) in dyv.chunks(p.max(1)).enumerate() {
-                    db[i % c.c_in] += plane.iter().sum::<f32>();
-                }
-                g[2] = Some(like(b, db));
+                g[2] = Some(like(b, channel_sums(dyv, c.c_in, c.in_len())));
             }
         }
         "Gemm" => {
@@ -1158,4 +1148,13 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> V
         .with_min_len(1 << 14)
         .map(|(&x, &y)| f(x, y))
         .collect()
+}
+
+/// Sum of `dy` (`[n, channels, plane]`) per channel: a bias gradient.
+fn channel_sums(dy: &[f32], channels: usize, plane: usize) -> Vec<f32> {
+    let mut db = vec![0.0f32; channels];
+    for (i, p) in dy.chunks(plane.max(1)).enumerate() {
+        db[i % channels] += p.iter().sum::<f32>();
+    }
+    db
 }
