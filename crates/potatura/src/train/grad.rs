@@ -968,21 +968,10 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
         .for_each(|(c, dxp)| {
             let xp = &xv[c * pin..][..pin];
             let dyp = &dyv[c * pout..][..pout];
-            for (oi, &d) in dyp.iter().enumerate() {
+            // Calls `f` with the input index of every tap of output `oi`
+            // (`None` for a tap in the padding).
+            let window = |oi: usize, f: &mut dyn FnMut(Option<usize>)| {
                 let (oz, oy, ox) = (oi / (o3[1] * o3[2]), (oi / o3[2]) % o3[1], oi % o3[2]);
-                let mut best: Option<usize> = None;
-                let mut window = 0usize;
-                let mut each = |t: Option<usize>| match t {
-                    Some(t) => {
-                        window += 1;
-                        // The first maximum takes the gradient (as the
-                        // forward's first-wins comparison).
-                        if best.is_none_or(|b| xp[t] > xp[b]) {
-                            best = Some(t);
-                        }
-                    }
-                    None => window += include_pad as usize,
-                };
                 for kz in 0..k3[0] {
                     let z = (oz * s3[0] + kz * d3[0]) as isize - p3[0] as isize;
                     for ky in 0..k3[1] {
@@ -995,40 +984,37 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
                                 && (z as usize) < i3[0]
                                 && (yy as usize) < i3[1]
                                 && (xx as usize) < i3[2];
-                            each(
-                                inside.then(|| {
-                                    (z as usize * i3[1] + yy as usize) * i3[2] + xx as usize
-                                }),
-                            );
+                            f(inside
+                                .then(|| (z as usize * i3[1] + yy as usize) * i3[2] + xx as usize));
                         }
                     }
                 }
+            };
+            for (oi, &d) in dyp.iter().enumerate() {
+                let mut best: Option<usize> = None;
+                let mut count = 0usize;
+                window(oi, &mut |t| match t {
+                    Some(t) => {
+                        count += 1;
+                        // The first maximum takes the gradient (as the
+                        // forward's first-wins comparison).
+                        if best.is_none_or(|b| xp[t] > xp[b]) {
+                            best = Some(t);
+                        }
+                    }
+                    None => count += include_pad as usize,
+                });
                 if max {
                     if let Some(b) = best {
                         dxp[b] += d;
                     }
-                } else if window > 0 {
-                    let share = d / window as f32;
-                    // Second walk over the window for the average.
-                    for kz in 0..k3[0] {
-                        let z = (oz * s3[0] + kz * d3[0]) as isize - p3[0] as isize;
-                        for ky in 0..k3[1] {
-                            let yy = (oy * s3[1] + ky * d3[1]) as isize - p3[1] as isize;
-                            for kx in 0..k3[2] {
-                                let xx = (ox * s3[2] + kx * d3[2]) as isize - p3[2] as isize;
-                                if z >= 0
-                                    && yy >= 0
-                                    && xx >= 0
-                                    && (z as usize) < i3[0]
-                                    && (yy as usize) < i3[1]
-                                    && (xx as usize) < i3[2]
-                                {
-                                    dxp[(z as usize * i3[1] + yy as usize) * i3[2]
-                                        + xx as usize] += share;
-                                }
-                            }
+                } else if count > 0 {
+                    let share = d / count as f32;
+                    window(oi, &mut |t| {
+                        if let Some(t) = t {
+                            dxp[t] += share;
                         }
-                    }
+                    });
                 }
             }
         });
