@@ -1129,11 +1129,22 @@ fn traced_backward(site: &Site, ins: &[Option<&Tensor>], dy: &Tensor) -> Result<
 /// `f(a[i], b[i])` for every element, in parallel for large tensors.
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
     use rayon::prelude::*;
-    a.par_iter()
-        .zip(b)
-        .with_min_len(1 << 14)
-        .map(|(&x, &y)| f(x, y))
-        .collect()
+    const CHUNK: usize = 1 << 14;
+    let n = a.len().min(b.len());
+    let mut out = vec![0.0f32; n];
+    let chunk = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    };
+    if n <= CHUNK {
+        chunk((&mut out, (a, b)));
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(chunk);
+    }
+    out
 }
 
 /// Sum of `dy` (`[n, channels, plane]`) per channel: a bias gradient.

@@ -510,6 +510,25 @@ impl Trainable {
     }
 }
 
+/// `Σ f(a[i], b[i])` in eight f64 lanes: vectorised, and in a fixed
+/// order (the same bytes on every run).
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let full = a.len().min(b.len()) / 8 * 8;
+    for (ac, bc) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += f(ac[l], bc[l]);
+        }
+    }
+    let tail: f64 = a[full..]
+        .iter()
+        .zip(&b[full..])
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Per-channel sums `(Σ f(plane values))` over the `[N, C, sp]` layout,
 /// channels in parallel.
 fn channel_sums(n: usize, c: usize, sp: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
@@ -542,15 +561,14 @@ fn bn_train(
     let xv = x.f32s()?;
     let m = (n * sp) as f64;
     let sum = channel_sums(n, c, sp, |at, len| {
-        xv[at..at + len].iter().map(|&v| v as f64).sum()
+        let xs = &xv[at..at + len];
+        lane_sum(xs, xs, |v, _| v as f64)
     });
     let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
     let var: Vec<f64> = channel_sums(n, c, sp, |at, len| {
         let mu = mean[(at / len.max(1)) % c];
-        xv[at..at + len]
-            .iter()
-            .map(|&v| (v as f64 - mu).powi(2))
-            .sum()
+        let xs = &xv[at..at + len];
+        lane_sum(xs, xs, |v, _| (v as f64 - mu).powi(2))
     })
     .into_iter()
     .map(|s| s / m)
@@ -610,16 +628,16 @@ fn bn_backward(
     let sp: usize = sh[2..].iter().product();
     let (xv, dyv, gamma) = (x.f32s()?, dy.f32s()?, scale.f32s()?);
     let dbeta = channel_sums(n, c, sp, |at, len| {
-        dyv[at..at + len].iter().map(|&v| v as f64).sum()
+        let ds = &dyv[at..at + len];
+        lane_sum(ds, ds, |d, _| d as f64)
     });
     let dgamma = channel_sums(n, c, sp, |at, len| {
         let ch = (at / len.max(1)) % c;
-        let (mu, is) = (mean[ch], invstd[ch]);
-        xv[at..at + len]
-            .iter()
-            .zip(&dyv[at..at + len])
-            .map(|(&v, &d)| (d * (v - mu) * is) as f64)
-            .sum()
+        let mu = mean[ch];
+        invstd[ch] as f64
+            * lane_sum(&xv[at..at + len], &dyv[at..at + len], |v, d| {
+                (d * (v - mu)) as f64
+            })
     });
     let m = (n * sp) as f32;
     let mut dx = vec![0.0f32; dyv.len()];

@@ -252,12 +252,15 @@ fn products() {
 #[test]
 fn convolutions_and_pools() {
     let mut rng = Rng::new(4);
-    // Plain, strided + padded, grouped, depthwise, pointwise.
+    // Plain, strided + padded, grouped, depthwise (strided, padded,
+    // unpadded), pointwise.
     for (group, cin, cout, k, s, p) in [
         (1, 3, 4, 3, 1, 1),
         (1, 2, 3, 3, 2, 1),
         (2, 4, 6, 3, 1, 0),
         (4, 4, 4, 3, 2, 1),
+        (4, 4, 4, 3, 1, 1),
+        (3, 3, 3, 3, 1, 0),
         (1, 5, 3, 1, 1, 0),
     ] {
         check(
