@@ -1830,42 +1830,58 @@ impl FlatDw {
     fn in_flat(&self) -> usize {
         self.g.s[1] * self.g.s[2] * self.plen
     }
-    /// Where input `(y, x)` lives in phased form, if any tap reads it.
+    /// Visits the input row `y` in phased form: `f(at, x0, count)` says
+    /// that inputs `x0, x0 + sw, ...` (`count` of them) live at `at, at +
+    /// 1, ...`, one call per column phase; inputs no tap reads are left
+    /// out.
     #[inline(always)]
-    fn place(&self, y: usize, x: usize) -> Option<usize> {
-        let (r, c) = (y + self.g.p[1], x + self.g.p[2]);
-        let (sh, sw) = (self.g.s[1], self.g.s[2]);
-        let (rr, cc) = (r / sh, c / sw);
-        (rr < self.ph && cc < self.we)
-            .then(|| ((r % sh) * sw + c % sw) * self.plen + rr * self.we + cc)
+    fn row_runs(&self, y: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let (sh, sw, pl) = (self.g.s[1], self.g.s[2], self.g.p[2]);
+        let r = y + self.g.p[1];
+        if r / sh >= self.ph {
+            return;
+        }
+        let row_at = (r / sh) * self.we;
+        for cp in 0..sw {
+            // First input column of this phase: (x0 + pl) % sw == cp.
+            let x0 = (cp + sw - pl % sw) % sw;
+            if x0 >= self.g.i[2] {
+                continue;
+            }
+            let cc = (x0 + pl) / sw;
+            let count = (self.g.i[2] - x0)
+                .div_ceil(sw)
+                .min(self.we.saturating_sub(cc));
+            let phase = (r % sh) * sw + cp;
+            f(phase * self.plen + row_at + cc, x0, count);
+        }
     }
     /// Copies an input plane into phased form in `dst` (`in_flat` values).
     fn pad_input(&self, x: &[f32], dst: &mut [f32]) {
         dst.fill(0.0);
-        let iw = self.g.i[2];
+        let (iw, sw) = (self.g.i[2], self.g.s[2]);
         for (y, row) in x.chunks_exact(iw).enumerate() {
-            if self.g.s[2] == 1 {
-                if let Some(at) = self.place(y, 0) {
-                    let n = iw.min(self.we - (at % self.plen) % self.we);
-                    dst[at..at + n].copy_from_slice(&row[..n]);
+            self.row_runs(y, |at, x0, count| {
+                for (d, &v) in dst[at..at + count]
+                    .iter_mut()
+                    .zip(row[x0..].iter().step_by(sw))
+                {
+                    *d = v;
                 }
-            } else {
-                for (xi, &v) in row.iter().enumerate() {
-                    if let Some(at) = self.place(y, xi) {
-                        dst[at] = v;
-                    }
-                }
-            }
+            });
         }
     }
     /// Reads an input plane back out of phased form (the inverse of
     /// [`FlatDw::pad_input`]; positions no tap reads get 0).
     fn unpad_input(&self, src: &[f32], x: &mut [f32]) {
-        let iw = self.g.i[2];
+        let (iw, sw) = (self.g.i[2], self.g.s[2]);
+        x.fill(0.0);
         for (y, row) in x.chunks_exact_mut(iw).enumerate() {
-            for (xi, v) in row.iter_mut().enumerate() {
-                *v = self.place(y, xi).map_or(0.0, |at| src[at]);
-            }
+            self.row_runs(y, |at, x0, count| {
+                for (d, &v) in row[x0..].iter_mut().step_by(sw).zip(&src[at..at + count]) {
+                    *d = v;
+                }
+            });
         }
     }
     /// Copies an output plane into flat form in `dst` (unused columns 0).

@@ -166,7 +166,8 @@ pub(crate) fn backward(
             let a = x(0)?.f32s()?;
             g[0] = Some(like(
                 x(0)?,
-                zip_map(a, dyv, |v, d| if v > lo && v < hi { d } else { 0.0 }),
+                // `&`, not `&&`: branch-free, so it vectorises.
+                zip_map(a, dyv, |v, d| if (v > lo) & (v < hi) { d } else { 0.0 }),
             ));
         }
         "Sigmoid" => {
@@ -961,6 +962,10 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
     let (xv, dyv) = (x.f32s()?, dy.f32s()?);
     let (pin, pout) = (i3.iter().product::<usize>(), o3.iter().product::<usize>());
     let mut dx = vec![0.0f32; xv.len()];
+    // The common case (2-D max pooling without padding or dilation) has
+    // direct loops.
+    let plain_2d_max =
+        max && i3[0] == 1 && o3[0] == 1 && k3[0] == 1 && p3 == [0; 3] && d3 == [1; 3];
     // One plane per task; windows walked in place (no allocation).
     use rayon::prelude::*;
     dx.par_chunks_mut(pin.max(1))
@@ -968,6 +973,10 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
         .for_each(|(c, dxp)| {
             let xp = &xv[c * pin..][..pin];
             let dyp = &dyv[c * pout..][..pout];
+            if plain_2d_max {
+                max_pool_2d_backward(xp, dyp, [i3[1], i3[2]], [o3[1], o3[2]], k3, s3, dxp);
+                return;
+            }
             // Calls `f` with the input index of every tap of output `oi`
             // (`None` for a tap in the padding).
             let window = |oi: usize, f: &mut dyn FnMut(Option<usize>)| {
@@ -1019,6 +1028,40 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
             }
         });
     Ok(Tensor::from_f32(sh, dx))
+}
+
+/// [`pool_backward`] of one plane for 2-D max pooling without padding or
+/// dilation: each output's gradient goes to the first maximum of its
+/// window (as the forward's first-wins comparison).
+fn max_pool_2d_backward(
+    xp: &[f32],
+    dyp: &[f32],
+    [ih, iw]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    k3: [usize; 3],
+    s3: [usize; 3],
+    dxp: &mut [f32],
+) {
+    for oy in 0..oh {
+        let y0 = oy * s3[1];
+        let ky = k3[1].min(ih.saturating_sub(y0));
+        for ox in 0..ow {
+            let x0 = ox * s3[2];
+            let kx = k3[2].min(iw.saturating_sub(x0));
+            if ky == 0 || kx == 0 {
+                continue;
+            }
+            let mut best = y0 * iw + x0;
+            for r in y0..y0 + ky {
+                for t in r * iw + x0..r * iw + x0 + kx {
+                    if xp[t] > xp[best] {
+                        best = t;
+                    }
+                }
+            }
+            dxp[best] += dyp[oy * ow + ox];
+        }
+    }
 }
 
 /// An element-wise rule `dx = f(x, y, dy)`.

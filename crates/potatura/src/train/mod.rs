@@ -366,6 +366,10 @@ impl Trainable {
             if gout.iter().all(Option::is_none) || !need.contains(&true) {
                 continue;
             }
+            // This step is each output's last reader: free their gradients
+            // once used, so the allocator hands the same (cache-warm)
+            // memory to the next step.
+            let done: Vec<usize> = st.outputs.clone();
             let node = &self.graph.graph.nodes[st.node];
             let ins: Vec<Option<&Tensor>> = st
                 .inputs
@@ -392,6 +396,9 @@ impl Trainable {
                 };
                 grad::backward(&site, &ins, &outs, &gout)?
             };
+            for o in done {
+                grads[o] = None;
+            }
             for (slot, g) in st.inputs.iter().zip(gin) {
                 let (Some(slot), Some(g)) = (slot, g) else {
                     continue;
@@ -510,32 +517,48 @@ impl Trainable {
     }
 }
 
-/// `Σ f(a[i], b[i])` in eight f64 lanes: vectorised, and in a fixed
-/// order (the same bytes on every run).
+/// `(Σ f(a[i], b[i]), Σ g(a[i], b[i]))` in eight f64 lanes each:
+/// vectorised, and in a fixed order (the same bytes on every run).
 #[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
+fn lane_sums(
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f64,
+    g: impl Fn(f32, f32) -> f64,
+) -> (f64, f64) {
+    let (mut af, mut ag) = ([0.0f64; 8], [0.0f64; 8]);
     let full = a.len().min(b.len()) / 8 * 8;
     for (ac, bc) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
         for l in 0..8 {
-            acc[l] += f(ac[l], bc[l]);
+            af[l] += f(ac[l], bc[l]);
+            ag[l] += g(ac[l], bc[l]);
         }
     }
-    let tail: f64 = a[full..]
-        .iter()
-        .zip(&b[full..])
-        .map(|(&x, &y)| f(x, y))
-        .sum();
-    acc.iter().sum::<f64>() + tail
+    let (mut tf, mut tg) = (0.0, 0.0);
+    for (&x, &y) in a[full..].iter().zip(&b[full..]) {
+        tf += f(x, y);
+        tg += g(x, y);
+    }
+    (af.iter().sum::<f64>() + tf, ag.iter().sum::<f64>() + tg)
 }
 
-/// Per-channel sums `(Σ f(plane values))` over the `[N, C, sp]` layout,
-/// channels in parallel.
-fn channel_sums(n: usize, c: usize, sp: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+/// Two sums per channel over `[n, c, sp]` data, channels in parallel:
+/// `f(offset, len)` gives a plane's pair, added in image order.
+fn channel_sums(
+    n: usize,
+    c: usize,
+    sp: usize,
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
     use rayon::prelude::*;
     (0..c)
         .into_par_iter()
-        .map(|ch| (0..n).map(|b| f((b * c + ch) * sp, sp)).sum())
+        .map(|ch| {
+            (0..n).fold((0.0, 0.0), |(a, b), img| {
+                let (x, y) = f((img * c + ch) * sp, sp);
+                (a + x, b + y)
+            })
+        })
         .collect()
 }
 
@@ -560,19 +583,20 @@ fn bn_train(
     let sp: usize = sh[2..].iter().product();
     let xv = x.f32s()?;
     let m = (n * sp) as f64;
-    let sum = channel_sums(n, c, sp, |at, len| {
-        let xs = &xv[at..at + len];
-        lane_sum(xs, xs, |v, _| v as f64)
+    // One pass: sums of x - k and (x - k)² with k a value of the channel,
+    // which keeps E[x²] - E[x]² free of cancellation in f64.
+    let shift: Vec<f64> = (0..c)
+        .map(|ch| xv.get(ch * sp).map_or(0.0, |&v| v as f64))
+        .collect();
+    let sums = channel_sums(n, c, sp, |at, len| {
+        let (xs, k) = (&xv[at..at + len], shift[(at / len.max(1)) % c]);
+        lane_sums(xs, xs, |v, _| v as f64 - k, |v, _| (v as f64 - k).powi(2))
     });
-    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
-    let var: Vec<f64> = channel_sums(n, c, sp, |at, len| {
-        let mu = mean[(at / len.max(1)) % c];
-        let xs = &xv[at..at + len];
-        lane_sum(xs, xs, |v, _| (v as f64 - mu).powi(2))
-    })
-    .into_iter()
-    .map(|s| s / m)
-    .collect();
+    let mean: Vec<f64> = sums.iter().zip(&shift).map(|(s, k)| k + s.0 / m).collect();
+    let var: Vec<f64> = sums
+        .iter()
+        .map(|&(s1, s2)| (s2 / m - (s1 / m).powi(2)).max(0.0))
+        .collect();
     let invstd: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v + st.eps as f64).sqrt()) as f32)
@@ -627,18 +651,21 @@ fn bn_backward(
     let (n, c) = (sh[0], sh[1]);
     let sp: usize = sh[2..].iter().product();
     let (xv, dyv, gamma) = (x.f32s()?, dy.f32s()?, scale.f32s()?);
-    let dbeta = channel_sums(n, c, sp, |at, len| {
-        let ds = &dyv[at..at + len];
-        lane_sum(ds, ds, |d, _| d as f64)
+    let sums = channel_sums(n, c, sp, |at, len| {
+        let mu = mean[(at / len.max(1)) % c];
+        lane_sums(
+            &dyv[at..at + len],
+            &xv[at..at + len],
+            |d, _| d as f64,
+            |d, v| (d * (v - mu)) as f64,
+        )
     });
-    let dgamma = channel_sums(n, c, sp, |at, len| {
-        let ch = (at / len.max(1)) % c;
-        let mu = mean[ch];
-        invstd[ch] as f64
-            * lane_sum(&xv[at..at + len], &dyv[at..at + len], |v, d| {
-                (d * (v - mu)) as f64
-            })
-    });
+    let dbeta: Vec<f64> = sums.iter().map(|s| s.0).collect();
+    let dgamma: Vec<f64> = sums
+        .iter()
+        .zip(invstd)
+        .map(|(s, &is)| s.1 * is as f64)
+        .collect();
     let m = (n * sp) as f32;
     let mut dx = vec![0.0f32; dyv.len()];
     dx.par_chunks_mut(sp.max(1))
