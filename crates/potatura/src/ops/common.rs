@@ -100,3 +100,25 @@ pub fn broadcast_index_map(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize
 
 /// Elements above which element-wise loops run in parallel.
 pub const PAR_THRESHOLD: usize = 1 << 15;
+
+/// `n` zeros, written by all threads when `n` is large: the zeroing of
+/// big activation and gradient buffers is otherwise a serial pass that
+/// leaves the other cores idle.
+pub fn par_zeros(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    if n < 4 * CHUNK {
+        return vec![0.0; n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| {
+            c.iter_mut().for_each(|x| {
+                x.write(0.0);
+            })
+        });
+    // SAFETY: all `n` values were just initialised.
+    unsafe { v.set_len(n) };
+    v
+}

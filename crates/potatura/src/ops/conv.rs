@@ -20,7 +20,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::channels::{ChanCx, ChanMap, Link, Pairs, Port, PruneCx, Use, WeightAxis};
-use super::common::{fact, input, opt};
+use super::common::{fact, input, opt, par_zeros};
 use super::matmul::{sgemm, MatRef, MAX_ELEMENTS};
 use super::{op_error, Fact, Op};
 use crate::error::Result;
@@ -837,7 +837,7 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
         unsafe { out.set_len(total) };
         return out;
     }
-    let mut out = vec![0.0f32; total];
+    let mut out = par_zeros(total);
     fill_bias(&mut out, bias, geom.c_out, p);
     let accumulate = bias.is_some();
     if cg == 0 {
@@ -1544,7 +1544,7 @@ pub fn conv_transpose_forward(
         geom.c_in * rows,
         "conv_transpose_forward: weight size"
     );
-    let mut out = vec![0.0f32; geom.n * geom.c_out * p];
+    let mut out = par_zeros(geom.n * geom.c_out * p);
     if out.is_empty() {
         return out;
     }
@@ -1624,7 +1624,7 @@ pub fn conv_input_grad(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32> {
     if geom.is_pointwise() {
         // dX_g [cg x p] = W_gᵀ [cg x cog] · dY_g [cog x p], per image.
         let p = geom.out_len();
-        let mut dx = vec![0.0f32; geom.n * geom.c_in * p];
+        let mut dx = par_zeros(geom.n * geom.c_in * p);
         dx.par_chunks_mut(geom.c_in * p)
             .enumerate()
             .for_each(|(img, dxi)| {
@@ -1899,7 +1899,7 @@ impl FlatDw {
 fn flat_dw_input_grad(f: &FlatDw, dy: &[f32], w: &[f32], planes: usize, c: usize) -> Vec<f32> {
     let (pin, p, ks) = (f.g.in_len(), f.g.out_len(), f.g.k_len());
     let n = f.out_flat();
-    let mut dx = vec![0.0f32; planes * pin];
+    let mut dx = par_zeros(planes * pin);
     let plane = |buf: &mut Vec<f32>, (q, dxp): (usize, &mut [f32])| {
         let (dyf, acc) = buf.split_at_mut(n);
         f.pad_output(&dy[q * p..][..p], dyf);
@@ -1966,7 +1966,7 @@ fn depthwise_input_grad_runs(dy: &[f32], w: &[f32], geom: &ConvGeom) -> Vec<f32>
     let (pin, p, ks) = (g.in_len(), g.out_len(), g.k_len());
     let c = geom.c_in;
     let s = g.s[2];
-    let mut dx = vec![0.0f32; geom.n * c * pin];
+    let mut dx = par_zeros(geom.n * c * pin);
     dx.par_chunks_mut(pin).enumerate().for_each(|(plane, dxp)| {
         let ch = plane % c;
         let wk = &w[ch * ks..][..ks];

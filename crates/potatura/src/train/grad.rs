@@ -961,7 +961,7 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
     );
     let (xv, dyv) = (x.f32s()?, dy.f32s()?);
     let (pin, pout) = (i3.iter().product::<usize>(), o3.iter().product::<usize>());
-    let mut dx = vec![0.0f32; xv.len()];
+    let mut dx = crate::ops::common::par_zeros(xv.len());
     // The common case (2-D max pooling without padding or dilation) has
     // direct loops.
     let plain_2d_max =
@@ -1174,7 +1174,7 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> V
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
     let n = a.len().min(b.len());
-    let mut out = vec![0.0f32; n];
+    let mut out = crate::ops::common::par_zeros(n);
     let chunk = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
         for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
             *o = f(x, y);
@@ -1192,9 +1192,18 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> V
 
 /// Sum of `dy` (`[n, channels, plane]`) per channel: a bias gradient.
 fn channel_sums(dy: &[f32], channels: usize, plane: usize) -> Vec<f32> {
-    let mut db = vec![0.0f32; channels];
-    for (i, p) in dy.chunks(plane.max(1)).enumerate() {
-        db[i % channels] += p.iter().sum::<f32>();
-    }
-    db
+    use rayon::prelude::*;
+    let plane = plane.max(1);
+    let images = dy.len() / (plane * channels).max(1);
+    (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            (0..images)
+                .map(|i| {
+                    let p = &dy[(i * channels + c) * plane..][..plane];
+                    crate::train::lane_sums(p, p, |v, _| v as f64, |_, _| 0.0).0
+                })
+                .sum::<f64>() as f32
+        })
+        .collect()
 }

@@ -520,7 +520,7 @@ impl Trainable {
 /// `(Σ f(a[i], b[i]), Σ g(a[i], b[i]))` in eight f64 lanes each:
 /// vectorised, and in a fixed order (the same bytes on every run).
 #[inline(always)]
-fn lane_sums(
+pub(crate) fn lane_sums(
     a: &[f32],
     b: &[f32],
     f: impl Fn(f32, f32) -> f64,
@@ -602,7 +602,7 @@ fn bn_train(
         .map(|&v| (1.0 / (v + st.eps as f64).sqrt()) as f32)
         .collect();
     let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-    let mut y = vec![0.0f32; xv.len()];
+    let mut y = crate::ops::common::par_zeros(xv.len());
     y.par_chunks_mut(sp.max(1))
         .enumerate()
         .for_each(|(plane, yp)| {
@@ -667,7 +667,7 @@ fn bn_backward(
         .map(|(s, &is)| s.1 * is as f64)
         .collect();
     let m = (n * sp) as f32;
-    let mut dx = vec![0.0f32; dyv.len()];
+    let mut dx = crate::ops::common::par_zeros(dyv.len());
     dx.par_chunks_mut(sp.max(1))
         .enumerate()
         .for_each(|(plane, dxp)| {
