@@ -263,7 +263,7 @@ struct PruneArgs {
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     recover_epochs: f64,
     /// Peak learning rate of --recover.
-    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    #[arg(long, default_value_t = 0.005, value_name = "F")]
     recover_lr: f32,
     /// With --recover and a MACs or parameter target: prune in K rounds,
     /// each to the K-th root of the target, recovering after each (the
@@ -346,7 +346,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     batch: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    #[arg(long, default_value_t = 0.005, value_name = "F")]
     lr: f32,
     /// Optimizer.
     #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
@@ -367,7 +367,7 @@ struct TrainArgs {
     #[arg(long, value_name = "F")]
     clip: Option<f32>,
     /// Distillation temperature.
-    #[arg(long, default_value_t = 4.0, value_name = "T")]
+    #[arg(long, default_value_t = 2.0, value_name = "T")]
     temperature: f32,
     /// With both a teacher and labels: loss = alpha KD + (1 - alpha) CE.
     #[arg(long, default_value_t = 0.5, value_name = "F")]
@@ -427,6 +427,11 @@ struct TrainArgs {
     /// train.
     #[arg(long)]
     freeze_bn: bool,
+    /// A model input holding a [batch, seq] token mask: MSE on [batch,
+    /// seq, ...] outputs and features then leaves padding positions out
+    /// (default: the input named attention_mask, when it holds 0s and 1s).
+    #[arg(long, value_name = "INPUT")]
+    loss_mask: Option<String>,
 }
 
 impl TrainArgs {
@@ -482,6 +487,7 @@ impl TrainArgs {
             feature_weight: self.feature_weight,
             max_seconds: self.max_seconds,
             freeze_bn: self.freeze_bn,
+            loss_mask: self.loss_mask.clone(),
         })
     }
 
@@ -1524,6 +1530,10 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
         train.epochs = a.recover_epochs;
         train.lr = a.recover_lr;
         train.train_seed = a.seed;
+        // The calibration's token mask also keeps padding out of the loss.
+        if a.calib_mask.is_some() {
+            train.loss_mask = a.calib_mask.clone();
+        }
         let topts = train.options(data.samples())?;
         let ckpt = checkpoint_path(out);
         let (m, stats) = if a.rounds > 1 {

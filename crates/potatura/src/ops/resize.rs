@@ -89,6 +89,47 @@ pub struct Resize {
 
 /// Builds Resize.
 pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
+    Ok(Box::new(Resize::from_node(node, opset)?))
+}
+
+impl Resize {
+    /// Reads the attributes of a Resize node.
+    pub fn from_node(node: &Node, opset: i64) -> Result<Resize> {
+        from_node(node, opset)
+    }
+
+    /// Gradient of linear Resize's input `x` (`inputs` as for `eval`) for
+    /// the output gradient `dy`: the transpose of the forward's per-axis
+    /// passes, in reverse order (each output's gradient goes back to its
+    /// two source positions with their weights).
+    pub fn linear_backward(&self, inputs: &[Option<&Tensor>], dy: &[f32]) -> Result<Vec<f32>> {
+        let x = input(inputs, 0)?;
+        let (s, z) = self.input_args(inputs);
+        let g = self.geometry(x.shape(), Arg::from_tensor(s), Arg::from_tensor(z))?;
+        let mut shape: Vec<usize> = g.iter().map(|a| a.out_len).collect();
+        if dy.len() != numel(&shape) {
+            return Err(op_error("the gradient does not match the output shape"));
+        }
+        if shape == x.shape() {
+            return Ok(dy.to_vec());
+        }
+        let passes: Vec<(usize, Vec<Tap>)> = g
+            .iter()
+            .enumerate()
+            .filter_map(|(a, geom)| self.linear_taps(geom).map(|t| (a, t)))
+            .collect();
+        let mut cur = dy.to_vec();
+        for (a, taps) in passes.iter().rev() {
+            let outer: usize = shape[..*a].iter().product();
+            let inner: usize = shape[a + 1..].iter().product();
+            cur = linear_pass_backward(&cur, outer, x.shape()[*a], inner, taps);
+            shape[*a] = x.shape()[*a];
+        }
+        Ok(cur)
+    }
+}
+
+fn from_node(node: &Node, opset: i64) -> Result<Resize> {
     if node.op_type != "Resize" {
         return Err(op_error(format!(
             "resize::build called for {}",
@@ -148,7 +189,7 @@ pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
         "not_smaller" => AspectPolicy::NotSmaller,
         o => return Err(op_error(format!("unknown keep_aspect_ratio_policy '{o}'"))),
     };
-    Ok(Box::new(Resize {
+    Ok(Resize {
         mode,
         coord,
         nearest,
@@ -156,7 +197,7 @@ pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
         axes: node.attr_ints("axes")?,
         antialias: node.attr_int("antialias", 0)? != 0,
         opset10,
-    }))
+    })
 }
 
 /// A scales / sizes argument as known at a given time.
@@ -585,6 +626,43 @@ fn linear_pass(
         dst.chunks_mut(ob)
             .zip(src.chunks(ib.max(1)))
             .for_each(block);
+    }
+    dst
+}
+
+/// One output position of a linear pass: `(i0, i1, w0, w1)`.
+type Tap = (usize, usize, f32, f32);
+
+/// The transpose of [`linear_pass`]: `[outer, out_len, inner]` gradients
+/// into `[outer, in_len, inner]`, blocks of `outer` in parallel.
+fn linear_pass_backward(
+    d: &[f32],
+    outer: usize,
+    in_len: usize,
+    inner: usize,
+    taps: &[Tap],
+) -> Vec<f32> {
+    let (ob, ib) = (taps.len() * inner, in_len * inner);
+    let mut dst = vec![0.0f32; outer * ib];
+    if dst.is_empty() || ob == 0 {
+        return dst;
+    }
+    let block = |(s, d): (&mut [f32], &[f32])| {
+        for (drow, &(i0, i1, w0, w1)) in d.chunks_exact(inner).zip(taps) {
+            for (o, &g) in s[i0 * inner..(i0 + 1) * inner].iter_mut().zip(drow) {
+                *o += w0 * g;
+            }
+            if w1 != 0.0 {
+                for (o, &g) in s[i1 * inner..(i1 + 1) * inner].iter_mut().zip(drow) {
+                    *o += w1 * g;
+                }
+            }
+        }
+    };
+    if dst.len() >= PAR_THRESHOLD && outer > 1 {
+        dst.par_chunks_mut(ib).zip(d.par_chunks(ob)).for_each(block);
+    } else {
+        dst.chunks_mut(ib).zip(d.chunks(ob)).for_each(block);
     }
     dst
 }

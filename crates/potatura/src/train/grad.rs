@@ -702,13 +702,15 @@ pub(crate) fn backward(
             }
             g[0] = Some(like(data, dx));
         }
+        "Resize" if node.attr_string("mode", "nearest")? != "nearest" => {
+            let r = crate::ops::resize::Resize::from_node(node, site.opset)
+                .map_err(|e| err(node, e.to_string()))?;
+            let dx = r
+                .linear_backward(ins, dyv)
+                .map_err(|e| err(node, e.to_string()))?;
+            g[0] = Some(like(x(0)?, dx));
+        }
         "Slice" | "Pad" | "Resize" => {
-            if node.op_type == "Resize" && node.attr_string("mode", "nearest")? != "nearest" {
-                return Err(err(
-                    node,
-                    "no gradient for Resize in linear or cubic mode yet (nearest only)",
-                ));
-            }
             g[0] = Some(like(x(0)?, traced_backward(site, ins, dy)?));
         }
         "ReduceMean" | "ReduceSum" | "ReduceMax" => {

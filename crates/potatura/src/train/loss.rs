@@ -90,6 +90,38 @@ pub fn mse(student: &[f32], target: &[f32]) -> (f32, Vec<f32>) {
     ((loss / n as f64) as f32, grad)
 }
 
+/// [`mse`] over the positions a mask keeps: `student` and `target` hold
+/// `mask.len()` rows of equal length (e.g. a `[batch, seq, hidden]`
+/// encoder output under a `[batch, seq]` attention mask); a row whose
+/// mask is 0 (padding) adds nothing and gets no gradient. The mean is over
+/// the kept values.
+pub fn masked_mse(student: &[f32], target: &[f32], mask: &[f32]) -> (f32, Vec<f32>) {
+    let row = student.len() / mask.len().max(1);
+    let kept: f64 = mask.iter().map(|&m| m as f64).sum::<f64>() * row as f64;
+    if kept <= 0.0 || row == 0 {
+        return (0.0, vec![0.0; student.len()]);
+    }
+    let n = kept as f32;
+    let mut loss = 0.0f64;
+    let mut grad = vec![0.0f32; student.len()];
+    for (((g, s), t), &m) in grad
+        .chunks_mut(row)
+        .zip(student.chunks(row))
+        .zip(target.chunks(row))
+        .zip(mask)
+    {
+        if m == 0.0 {
+            continue;
+        }
+        for ((g, &s), &t) in g.iter_mut().zip(s).zip(t) {
+            let d = s - t;
+            loss += (m * d * d) as f64;
+            *g = 2.0 * m * d / n;
+        }
+    }
+    ((loss / kept) as f32, grad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +162,20 @@ mod tests {
         for (a, b) in g.iter().zip(&n) {
             assert!((a - b).abs() < 1e-3, "{g:?} vs {n:?}");
         }
+        // Masked: 3 rows of 2; the middle row is padding.
+        let m = [1.0f32, 0.0, 1.0];
+        let (l, g) = masked_mse(&x, &t, &m);
+        let n = numeric(|v| masked_mse(v, &t, &m).0, &x);
+        for (a, b) in g.iter().zip(&n) {
+            assert!((a - b).abs() < 1e-3, "{g:?} vs {n:?}");
+        }
+        assert_eq!(&g[2..4], &[0.0, 0.0]);
+        // The mean is over the kept rows only: equal to the plain MSE of
+        // those rows.
+        let kept: Vec<f32> = [&x[..2], &x[4..]].concat();
+        let kept_t: Vec<f32> = [&t[..2], &t[4..]].concat();
+        assert!((l - mse(&kept, &kept_t).0).abs() < 1e-6);
+        assert_eq!(masked_mse(&x, &t, &[0.0; 3]).0, 0.0);
         assert!(cross_entropy(&x, 3, &[5, 0]).is_err());
     }
 }

@@ -791,6 +791,12 @@ pub struct RecoverOptions {
     /// (frozen), as detectors are usually fine-tuned with small batches;
     /// its scale and bias still train.
     pub freeze_bn: bool,
+    /// A model input holding a `[batch, seq]` token mask (an encoder's
+    /// `attention_mask`): MSE on outputs and features shaped `[batch, seq,
+    /// ...]` then counts only the positions it keeps, not padding. When
+    /// `None`, an input named `attention_mask` holding only 0s and 1s
+    /// serves.
+    pub loss_mask: Option<String>,
 }
 
 impl RecoverOptions {
@@ -845,7 +851,7 @@ impl Default for RecoverOptions {
         RecoverOptions {
             steps: 100,
             batch: 64,
-            lr: 0.01,
+            lr: 0.005,
             optimizer: OptimKind::Sgd {
                 momentum: 0.9,
                 nesterov: true,
@@ -854,7 +860,7 @@ impl Default for RecoverOptions {
             schedule: Schedule::Cosine,
             warmup: 0,
             clip: None,
-            temperature: 4.0,
+            temperature: 2.0,
             alpha: 1.0,
             augment: Augment::default(),
             seed: 0,
@@ -865,6 +871,7 @@ impl Default for RecoverOptions {
             feature_weight: 1.0,
             max_seconds: None,
             freeze_bn: false,
+            loss_mask: None,
         }
     }
 }
@@ -891,6 +898,7 @@ fn loss_and_grads(
     outs: &[Tensor],
     teacher: Option<&[Tensor]>,
     labels: Option<&[i64]>,
+    mask: Option<&Tensor>,
     opts: &RecoverOptions,
 ) -> Result<(f32, Vec<Option<Tensor>>, Option<usize>)> {
     let mut total = 0.0f32;
@@ -906,7 +914,7 @@ fn loss_and_grads(
             let (l, g) = if s.rank() == 2 {
                 loss::distill_kl(sv, tv, s.shape()[1], opts.temperature)
             } else {
-                loss::mse(sv, tv)
+                mse_under(s, sv, tv, mask)?
             };
             total += kd_weight * l;
             grads[i] = Some(Tensor::from_f32(
@@ -949,6 +957,47 @@ fn loss_and_grads(
         ));
     }
     Ok((total, grads, right))
+}
+
+/// MSE of `s` (values `sv`) against `tv`, counting only the positions
+/// `mask` keeps when `s` is shaped `[mask shape..., ...]`.
+fn mse_under(s: &Tensor, sv: &[f32], tv: &[f32], mask: Option<&Tensor>) -> Result<(f32, Vec<f32>)> {
+    Ok(match mask {
+        Some(m) if s.rank() > m.rank() && s.shape().starts_with(m.shape()) => {
+            loss::masked_mse(sv, tv, m.f32s()?)
+        }
+        _ => loss::mse(sv, tv),
+    })
+}
+
+/// The input named `attention_mask` (the usual name of an encoder's
+/// token mask), used as the loss mask when none is named.
+const AUTO_LOSS_MASK: &str = "attention_mask";
+
+/// The `[batch, seq]` loss mask of one batch, as f32 (see
+/// [`RecoverOptions::loss_mask`]).
+fn loss_mask_of(feeds: &[(String, Tensor)], name: Option<&str>) -> Result<Option<Tensor>> {
+    let find = |n: &str| feeds.iter().find(|(k, _)| k == n).map(|(_, t)| t);
+    let (t, values) = match name {
+        Some(name) => {
+            let t = find(name).ok_or_else(|| Error::Input {
+                name: name.to_string(),
+                detail: "the loss mask names no input of the training data".into(),
+            })?;
+            (t, t.to_f64_vec())
+        }
+        None => match find(AUTO_LOSS_MASK).map(|t| (t, t.to_f64_vec())) {
+            // Only a 0/1 mask: an additive one (0 keeps, -1e4 masks)
+            // would read inverted.
+            Some((t, v)) if v.iter().all(|&x| x == 0.0 || x == 1.0) => (t, v),
+            _ => return Ok(None),
+        },
+    };
+    let m: Vec<f32> = values
+        .into_iter()
+        .map(|x| (x != 0.0) as u8 as f32)
+        .collect();
+    Ok(Some(Tensor::from_f32(t.shape().to_vec(), m)))
 }
 
 /// Rows `idx` of every input.
@@ -1230,8 +1279,10 @@ pub fn recover_with(
             None => None,
         };
         let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
+        let mask = loss_mask_of(&feeds, opts.loss_mask.as_deref())?;
         let (outs, tape) = tr.forward(&feeds, opts.bn_mode(), &mut rng)?;
-        let (_, out_grads, _) = loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
+        let (_, out_grads, _) =
+            loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), mask.as_ref(), opts)?;
         let grads = tr.backward(&tape, out_grads, Vec::new())?;
         drop(tape);
         let prunable = tr.prunable(opts.min_inputs);
@@ -1331,9 +1382,10 @@ pub fn recover_with(
             None => None,
         };
         let lab: Option<Vec<i64>> = labels.map(|l| idx.iter().map(|&i| l[i]).collect());
+        let mask = loss_mask_of(&feeds, opts.loss_mask.as_deref())?;
         let (outs, tape) = tr.forward(&feeds, opts.bn_mode(), &mut rng)?;
         let (mut loss, out_grads, right) =
-            loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), opts)?;
+            loss_and_grads(&outs, t_out.as_deref(), lab.as_deref(), mask.as_ref(), opts)?;
         // MSE on named intermediate features against the teacher's.
         let mut extra = Vec::new();
         for (k, (slot, name)) in feature_slots.iter().enumerate() {
@@ -1348,7 +1400,7 @@ pub fn recover_with(
                     t.shape()
                 )));
             }
-            let (l, g) = loss::mse(s.f32s()?, t.f32s()?);
+            let (l, g) = mse_under(s, s.f32s()?, t.f32s()?, mask.as_ref())?;
             loss += opts.feature_weight * l;
             extra.push((
                 *slot,

@@ -559,6 +559,45 @@ fn detector_and_layout_ops() {
         ],
         &[0],
     );
+    // Linear Resize: up and down, in several coordinate modes, with
+    // scales and with sizes.
+    let linear = Attribute::new("mode", AttrValue::String("linear".into()));
+    for (coord, scales) in [
+        ("half_pixel", [1.0, 1.0, 2.0, 2.0]),
+        ("align_corners", [1.0, 1.0, 2.0, 1.5]),
+        ("asymmetric", [1.0, 1.0, 0.5, 2.0]),
+        ("pytorch_half_pixel", [1.0, 1.0, 1.5, 0.75]),
+    ] {
+        check(
+            node(
+                "Resize",
+                3,
+                vec![
+                    linear.clone(),
+                    Attribute::new(
+                        "coordinate_transformation_mode",
+                        AttrValue::String(coord.into()),
+                    ),
+                ],
+            ),
+            vec![
+                rand(&mut rng, &[1, 2, 4, 4]),
+                Tensor::from_f32(vec![0], vec![]),
+                Tensor::from_f32(vec![4], scales.to_vec()),
+            ],
+            &[0],
+        );
+    }
+    check(
+        node("Resize", 4, vec![linear]),
+        vec![
+            rand(&mut rng, &[2, 1, 3, 5]),
+            Tensor::from_f32(vec![0], vec![]),
+            Tensor::from_f32(vec![0], vec![]),
+            Tensor::from_i64(vec![4], vec![2, 1, 7, 2]),
+        ],
+        &[0],
+    );
     for mode in ["constant", "reflect", "edge"] {
         check(
             node(
@@ -771,19 +810,12 @@ fn whole_graph_gradients_of_exported_models() {
 
 #[test]
 fn ops_without_a_rule_are_named() {
-    // FIXME: linear Resize has no backward rule yet; a path through it
-    // fails with the op named.
+    // Every float op the executor runs has a rule; a path through any
+    // other op (here a comparison, asked for a gradient anyway) fails
+    // with the op named.
     let mut rng = Rng::new(8);
-    let n = node(
-        "Resize",
-        3,
-        vec![Attribute::new("mode", AttrValue::String("linear".into()))],
-    );
-    let ins = [
-        rand(&mut rng, &[1, 1, 2, 2]),
-        Tensor::from_f32(vec![0], vec![]),
-        Tensor::from_f32(vec![4], vec![1.0, 1.0, 2.0, 2.0]),
-    ];
+    let n = node("Greater", 2, vec![]);
+    let ins = [rand(&mut rng, &[2, 2]), rand(&mut rng, &[2, 2])];
     let op = crate::ops::build(&n, 17).unwrap().unwrap();
     let args: Vec<Option<&Tensor>> = ins.iter().map(Some).collect();
     let out = op.eval(&args).unwrap();
@@ -794,8 +826,51 @@ fn ops_without_a_rule_are_named() {
         opset: 17,
         need: &need,
     };
-    let e = grad::backward(&site, &args, &[&out[0]], &[Some(&out[0])])
+    let dy = rand(&mut rng, &[2, 2]);
+    let e = grad::backward(&site, &args, &[&out[0]], &[Some(&dy)])
         .unwrap_err()
         .to_string();
-    assert!(e.contains("Resize") && e.contains("no gradient for"), "{e}");
+    assert!(
+        e.contains("Greater") && e.contains("no gradient for"),
+        "{e}"
+    );
+}
+
+#[test]
+fn loss_masks_come_from_the_named_or_usual_input() {
+    let mask = Tensor::from_i64(vec![2, 3], vec![1, 1, 0, 1, 0, 0]);
+    let ids = Tensor::from_i64(vec![2, 3], vec![5, 6, 0, 7, 0, 0]);
+    let feeds = vec![
+        ("input_ids".to_string(), ids),
+        ("attention_mask".to_string(), mask),
+    ];
+    // Named, or found under its usual name.
+    for name in [Some("attention_mask"), None] {
+        let m = loss_mask_of(&feeds, name).unwrap().unwrap();
+        assert_eq!(m.shape(), &[2, 3]);
+        assert_eq!(m.f32s().unwrap(), &[1.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+    // Any non-zero keeps a position under an explicit name.
+    let m = loss_mask_of(&feeds, Some("input_ids")).unwrap().unwrap();
+    assert_eq!(m.f32s().unwrap(), &[1.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+    // A missing name is an error that names it.
+    let e = loss_mask_of(&feeds, Some("token_mask"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token_mask"), "{e}");
+    // An additive mask (0 keeps, -10000 masks) is not taken by default.
+    let additive = vec![(
+        "attention_mask".to_string(),
+        Tensor::from_f32(vec![1, 3], vec![0.0, 0.0, -10000.0]),
+    )];
+    assert!(loss_mask_of(&additive, None).unwrap().is_none());
+    // Masked MSE applies to [batch, seq, ...] outputs only.
+    let m = Tensor::from_f32(vec![1, 2], vec![1.0, 0.0]);
+    let s = Tensor::from_f32(vec![1, 2, 2], vec![1.0, 1.0, 5.0, 5.0]);
+    let t = [0.0f32; 4];
+    let (l, g) = mse_under(&s, s.f32s().unwrap(), &t, Some(&m)).unwrap();
+    assert_eq!((l, &g[2..]), (1.0, &[0.0, 0.0][..]));
+    let pooled = Tensor::from_f32(vec![1, 4], vec![1.0, 1.0, 5.0, 5.0]);
+    let (l, _) = mse_under(&pooled, pooled.f32s().unwrap(), &t, Some(&m)).unwrap();
+    assert_eq!(l, 13.0);
 }
