@@ -29,7 +29,10 @@ fn root() -> PathBuf {
 }
 
 const BATCH: usize = 64;
-const STEPS: usize = 4;
+/// Steps per timed run: enough that building the trainer and the first
+/// step's allocations weigh little, as the PyTorch script leaves out its
+/// warm-up steps.
+const STEPS: usize = 16;
 
 fn bench(c: &mut Criterion) {
     keep_freed_memory();

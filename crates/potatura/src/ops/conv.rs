@@ -1665,37 +1665,36 @@ pub fn conv_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
     let wlen = geom.c_out * cg * ks;
     let rows = g.o[0] * g.o[1];
     let pointwise = geom.is_pointwise();
-    let image = |img: usize| -> Vec<f32> {
-        let mut dw = vec![0.0f32; wlen];
-        let mut col = if pointwise {
-            Vec::new()
-        } else {
-            vec![0.0f32; cg * ks * p]
-        };
-        for grp in 0..geom.group {
-            let xg = &x[(img * geom.c_in + grp * cg) * pin..][..cg * pin];
-            let dyg = &dy[(img * geom.c_out + grp * cog) * p..][..cog * p];
-            let cols: &[f32] = if pointwise {
-                xg
-            } else {
-                im2col(xg, cg, &g, 0..rows, &mut col, false);
-                &col
-            };
-            // dW_g [cog x cg*ks] += dY_g [cog x p] · colᵀ [p x cg*ks]
-            sgemm(
-                cog,
-                cg * ks,
-                p,
-                1.0,
-                MatRef::row_major(dyg, p),
-                MatRef::transposed(cols, p),
-                true,
-                &mut dw[grp * cog * cg * ks..][..cog * cg * ks],
-                cg * ks,
-                false,
-            );
-        }
-        dw
+    // dW += the products of the images `imgs`, in order; im2col goes to
+    // this thread's scratch (every value written, so never zeroed).
+    let images = |imgs: std::ops::Range<usize>, dw: &mut [f32]| {
+        with_scratch(0, if pointwise { 0 } else { cg * ks * p }, |col| {
+            for img in imgs {
+                for grp in 0..geom.group {
+                    let xg = &x[(img * geom.c_in + grp * cg) * pin..][..cg * pin];
+                    let dyg = &dy[(img * geom.c_out + grp * cog) * p..][..cog * p];
+                    let cols: &[f32] = if pointwise {
+                        xg
+                    } else {
+                        im2col(xg, cg, &g, 0..rows, col, false);
+                        col
+                    };
+                    // dW_g [cog x cg*ks] += dY_g [cog x p] · colᵀ [p x cg*ks]
+                    sgemm(
+                        cog,
+                        cg * ks,
+                        p,
+                        1.0,
+                        MatRef::row_major(dyg, p),
+                        MatRef::transposed(cols, p),
+                        true,
+                        &mut dw[grp * cog * cg * ks..][..cog * cg * ks],
+                        cg * ks,
+                        false,
+                    );
+                }
+            }
+        })
     };
     // Fixed chunks of images, summed in order: the same bytes whatever
     // the thread count (training must be reproducible).
@@ -1703,11 +1702,9 @@ pub fn conv_weight_grad(x: &[f32], dy: &[f32], geom: &ConvGeom) -> Vec<f32> {
     let parts: Vec<Vec<f32>> = (0..geom.n.div_ceil(CHUNK))
         .into_par_iter()
         .map(|c| {
-            let mut acc = image(c * CHUNK);
-            for img in c * CHUNK + 1..((c + 1) * CHUNK).min(geom.n) {
-                acc.iter_mut().zip(image(img)).for_each(|(x, y)| *x += y);
-            }
-            acc
+            let mut dw = vec![0.0f32; wlen];
+            images(c * CHUNK..((c + 1) * CHUNK).min(geom.n), &mut dw);
+            dw
         })
         .collect();
     let mut total = vec![0.0f32; wlen];
