@@ -1056,12 +1056,13 @@ fn max_pool_2d_backward(
             let mut best = y0 * iw + x0;
             let mut top = xp[best];
             for r in y0..y0 + ky {
-                for t in r * iw + x0..r * iw + x0 + kx {
+                let at = r * iw + x0;
+                for (t, &v) in (at..).zip(&xp[at..at + kx]) {
                     // Which tap wins is data: a branch here mispredicts
                     // about half the time.
-                    let take = xp[t] > top;
+                    let take = v > top;
                     best = std::hint::select_unpredictable(take, t, best);
-                    top = std::hint::select_unpredictable(take, xp[t], top);
+                    top = std::hint::select_unpredictable(take, v, top);
                 }
             }
             dxp[best] += dyp[oy * ow + ox];
