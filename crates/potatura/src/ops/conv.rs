@@ -1869,10 +1869,10 @@ impl FlatDw {
         }
     }
     /// Reads an input plane back out of phased form (the inverse of
-    /// [`FlatDw::pad_input`]; positions no tap reads get 0).
+    /// [`FlatDw::pad_input`]); positions no tap reads are left as they
+    /// are (the caller's zeros).
     fn unpad_input(&self, src: &[f32], x: &mut [f32]) {
         let (iw, sw) = (self.g.i[2], self.g.s[2]);
-        x.fill(0.0);
         for (y, row) in x.chunks_exact_mut(iw).enumerate() {
             self.row_runs(y, |at, x0, count| {
                 for (d, &v) in row[x0..].iter_mut().step_by(sw).zip(&src[at..at + count]) {

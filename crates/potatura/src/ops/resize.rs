@@ -95,7 +95,74 @@ pub fn build(node: &Node, opset: i64) -> Result<Box<dyn Op>> {
 impl Resize {
     /// Reads the attributes of a Resize node.
     pub fn from_node(node: &Node, opset: i64) -> Result<Resize> {
-        from_node(node, opset)
+        if node.op_type != "Resize" {
+            return Err(op_error(format!(
+                "resize::build called for {}",
+                node.op_type
+            )));
+        }
+        let mode = match node.attr_string("mode", "nearest")?.as_str() {
+            "nearest" => Mode::Nearest,
+            "linear" | "bilinear" => Mode::Linear,
+            o => {
+                return Err(op_error(format!(
+                    "Resize mode '{o}' is not supported (only nearest and linear)"
+                )))
+            }
+        };
+        let opset10 = opset < 11;
+        let coord = if opset10 {
+            CoordMode::Asymmetric
+        } else {
+            match node
+                .attr_string("coordinate_transformation_mode", "half_pixel")?
+                .as_str()
+            {
+                "half_pixel" => CoordMode::HalfPixel,
+                "half_pixel_symmetric" => CoordMode::HalfPixelSymmetric,
+                "pytorch_half_pixel" => CoordMode::PytorchHalfPixel,
+                "align_corners" => CoordMode::AlignCorners,
+                "asymmetric" => CoordMode::Asymmetric,
+                "tf_half_pixel_for_nn" => CoordMode::TfHalfPixelForNn,
+                o => {
+                    return Err(op_error(format!(
+                        "coordinate_transformation_mode '{o}' is not supported"
+                    )))
+                }
+            }
+        };
+        let nearest = if opset10 {
+            NearestMode::Simple
+        } else {
+            match node
+                .attr_string("nearest_mode", "round_prefer_floor")?
+                .as_str()
+            {
+                "round_prefer_floor" => NearestMode::RoundPreferFloor,
+                "round_prefer_ceil" => NearestMode::RoundPreferCeil,
+                "floor" => NearestMode::Floor,
+                "ceil" => NearestMode::Ceil,
+                o => return Err(op_error(format!("unknown nearest_mode '{o}'"))),
+            }
+        };
+        let policy = match node
+            .attr_string("keep_aspect_ratio_policy", "stretch")?
+            .as_str()
+        {
+            "stretch" => AspectPolicy::Stretch,
+            "not_larger" => AspectPolicy::NotLarger,
+            "not_smaller" => AspectPolicy::NotSmaller,
+            o => return Err(op_error(format!("unknown keep_aspect_ratio_policy '{o}'"))),
+        };
+        Ok(Resize {
+            mode,
+            coord,
+            nearest,
+            policy,
+            axes: node.attr_ints("axes")?,
+            antialias: node.attr_int("antialias", 0)? != 0,
+            opset10,
+        })
     }
 
     /// Gradient of linear Resize's input `x` (`inputs` as for `eval`) for
@@ -127,77 +194,6 @@ impl Resize {
         }
         Ok(cur)
     }
-}
-
-fn from_node(node: &Node, opset: i64) -> Result<Resize> {
-    if node.op_type != "Resize" {
-        return Err(op_error(format!(
-            "resize::build called for {}",
-            node.op_type
-        )));
-    }
-    let mode = match node.attr_string("mode", "nearest")?.as_str() {
-        "nearest" => Mode::Nearest,
-        "linear" | "bilinear" => Mode::Linear,
-        o => {
-            return Err(op_error(format!(
-                "Resize mode '{o}' is not supported (only nearest and linear)"
-            )))
-        }
-    };
-    let opset10 = opset < 11;
-    let coord = if opset10 {
-        CoordMode::Asymmetric
-    } else {
-        match node
-            .attr_string("coordinate_transformation_mode", "half_pixel")?
-            .as_str()
-        {
-            "half_pixel" => CoordMode::HalfPixel,
-            "half_pixel_symmetric" => CoordMode::HalfPixelSymmetric,
-            "pytorch_half_pixel" => CoordMode::PytorchHalfPixel,
-            "align_corners" => CoordMode::AlignCorners,
-            "asymmetric" => CoordMode::Asymmetric,
-            "tf_half_pixel_for_nn" => CoordMode::TfHalfPixelForNn,
-            o => {
-                return Err(op_error(format!(
-                    "coordinate_transformation_mode '{o}' is not supported"
-                )))
-            }
-        }
-    };
-    let nearest = if opset10 {
-        NearestMode::Simple
-    } else {
-        match node
-            .attr_string("nearest_mode", "round_prefer_floor")?
-            .as_str()
-        {
-            "round_prefer_floor" => NearestMode::RoundPreferFloor,
-            "round_prefer_ceil" => NearestMode::RoundPreferCeil,
-            "floor" => NearestMode::Floor,
-            "ceil" => NearestMode::Ceil,
-            o => return Err(op_error(format!("unknown nearest_mode '{o}'"))),
-        }
-    };
-    let policy = match node
-        .attr_string("keep_aspect_ratio_policy", "stretch")?
-        .as_str()
-    {
-        "stretch" => AspectPolicy::Stretch,
-        "not_larger" => AspectPolicy::NotLarger,
-        "not_smaller" => AspectPolicy::NotSmaller,
-        o => return Err(op_error(format!("unknown keep_aspect_ratio_policy '{o}'"))),
-    };
-    Ok(Resize {
-        mode,
-        coord,
-        nearest,
-        policy,
-        axes: node.attr_ints("axes")?,
-        antialias: node.attr_int("antialias", 0)? != 0,
-        opset10,
-    })
 }
 
 /// A scales / sizes argument as known at a given time.

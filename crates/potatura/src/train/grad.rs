@@ -1198,18 +1198,12 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> V
 
 /// Sum of `dy` (`[n, channels, plane]`) per channel: a bias gradient.
 fn channel_sums(dy: &[f32], channels: usize, plane: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    let plane = plane.max(1);
     let images = dy.len() / (plane * channels).max(1);
-    (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            (0..images)
-                .map(|i| {
-                    let p = &dy[(i * channels + c) * plane..][..plane];
-                    crate::train::lane_sums(p, p, |v, _| v as f64, |_, _| 0.0).0
-                })
-                .sum::<f64>() as f32
-        })
-        .collect()
+    super::channel_sums(images, channels, plane, |at, len| {
+        let p = &dy[at..at + len];
+        super::lane_sums(p, p, |v, _| v as f64, |_, _| 0.0)
+    })
+    .into_iter()
+    .map(|(s, _)| s as f32)
+    .collect()
 }

@@ -366,10 +366,6 @@ impl Trainable {
             if gout.iter().all(Option::is_none) || !need.contains(&true) {
                 continue;
             }
-            // This step is each output's last reader: free their gradients
-            // once used, so the allocator hands the same (cache-warm)
-            // memory to the next step.
-            let done: Vec<usize> = st.outputs.clone();
             let node = &self.graph.graph.nodes[st.node];
             let ins: Vec<Option<&Tensor>> = st
                 .inputs
@@ -396,7 +392,10 @@ impl Trainable {
                 };
                 grad::backward(&site, &ins, &outs, &gout)?
             };
-            for o in done {
+            // This step is each output's last reader: free their gradients
+            // now, so the allocator hands the same (cache-warm) memory to
+            // the next step.
+            for &o in &st.outputs {
                 grads[o] = None;
             }
             for (slot, g) in st.inputs.iter().zip(gin) {
@@ -544,7 +543,7 @@ pub(crate) fn lane_sums(
 
 /// Two sums per channel over `[n, c, sp]` data, channels in parallel:
 /// `f(offset, len)` gives a plane's pair, added in image order.
-fn channel_sums(
+pub(crate) fn channel_sums(
     n: usize,
     c: usize,
     sp: usize,
