@@ -270,26 +270,11 @@ const CHUNK: usize = 1 << 13;
 /// Maps a float tensor element-wise (in parallel for large tensors).
 pub fn map_f32(t: &Tensor, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Tensor> {
     let x = t.f32s()?;
-    let mut v = vec![0.0f32; x.len()];
     // Compiled with AVX2/FMA where available: exp-based activations
     // (Sigmoid, SiLU's half, GELU) run twice as wide.
-    let body = |o: &mut [f32], i: &[f32]| {
-        super::pool::with_simd(
-            #[inline(always)]
-            || {
-                for (o, &a) in o.iter_mut().zip(i) {
-                    *o = f(a);
-                }
-            },
-        )
-    };
-    if x.len() >= PAR_THRESHOLD {
-        v.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, i)| body(o, i));
-    } else {
-        body(&mut v, x);
-    }
+    let v = super::pool::collect_chunks(x.len(), CHUNK, |at, len| {
+        x[at..at + len].iter().map(|&a| f(a))
+    });
     Ok(Tensor::from_float(t.dtype(), t.shape().to_vec(), v))
 }
 

@@ -73,6 +73,40 @@ pub unsafe fn build_vec<T: Send>(
     v
 }
 
+/// `n` f32 values made chunk by chunk without zero-initialising them
+/// first: `values(start, len)` yields the `len` values from element
+/// `start` on. Chunks run in parallel when `n` is large, each loop
+/// compiled with AVX2/FMA where the CPU has them (see [`with_simd`]), so
+/// pass `#[inline(always)]`-friendly iterators (slice iterators, `map`,
+/// `zip`).
+///
+/// # Panics
+/// If an iterator yields fewer than `len` values (a caller bug).
+pub fn collect_chunks<I: Iterator<Item = f32>>(
+    n: usize,
+    chunk: usize,
+    values: impl Fn(usize, usize) -> I + Sync,
+) -> Vec<f32> {
+    let fill = |start: usize, out: &mut [std::mem::MaybeUninit<f32>]| {
+        let it = values(start, out.len());
+        let written = with_simd(
+            #[inline(always)]
+            || {
+                let mut k = 0;
+                for (o, v) in out.iter_mut().zip(it) {
+                    o.write(v);
+                    k += 1;
+                }
+                k
+            },
+        );
+        assert_eq!(written, out.len(), "collect_chunks: short chunk at {start}");
+    };
+    // SAFETY: `fill` writes every element of its chunk or panics (and a
+    // panic drops the vector before its length is set).
+    unsafe { build_vec(n, chunk, n >= super::common::PAR_THRESHOLD, fill) }
+}
+
 /// Max or average.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {

@@ -1177,23 +1177,13 @@ fn traced_backward(site: &Site, ins: &[Option<&Tensor>], dy: &Tensor) -> Result<
 
 /// `f(a[i], b[i])` for every element, in parallel for large tensors.
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
     let n = a.len().min(b.len());
-    let mut out = crate::ops::common::par_zeros(n);
-    let chunk = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
-    };
-    if n <= CHUNK {
-        chunk((&mut out, (a, b)));
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(chunk);
-    }
-    out
+    crate::ops::pool::collect_chunks(n, 1 << 14, |at, len| {
+        a[at..at + len]
+            .iter()
+            .zip(&b[at..at + len])
+            .map(|(&x, &y)| f(x, y))
+    })
 }
 
 /// Sum of `dy` (`[n, channels, plane]`) per channel: a bias gradient.

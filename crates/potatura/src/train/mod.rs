@@ -568,7 +568,6 @@ fn bn_train(
     st: &mut BnState,
     mode: BnMode,
 ) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
-    use rayon::prelude::*;
     let get = |i: usize| {
         args.get(i)
             .copied()
@@ -601,16 +600,11 @@ fn bn_train(
         .map(|&v| (1.0 / (v + st.eps as f64).sqrt()) as f32)
         .collect();
     let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-    let mut y = crate::ops::common::par_zeros(xv.len());
-    y.par_chunks_mut(sp.max(1))
-        .enumerate()
-        .for_each(|(plane, yp)| {
-            let ch = plane % c;
-            let (mu, k, b0) = (mean32[ch], invstd[ch] * scale[ch], bias[ch]);
-            for (o, &v) in yp.iter_mut().zip(&xv[plane * sp..][..sp]) {
-                *o = (v - mu) * k + b0;
-            }
-        });
+    let y = crate::ops::pool::collect_chunks(xv.len(), sp, |at, len| {
+        let ch = (at / sp) % c;
+        let (mu, k, b0) = (mean32[ch], invstd[ch] * scale[ch], bias[ch]);
+        xv[at..at + len].iter().map(move |&v| (v - mu) * k + b0)
+    });
     // Running statistics use the unbiased variance (as PyTorch does).
     let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
     match mode {
@@ -642,7 +636,6 @@ fn bn_backward(
     mean: &[f32],
     invstd: &[f32],
 ) -> Result<Vec<Option<Tensor>>> {
-    use rayon::prelude::*;
     let (Some(x), Some(scale), Some(dy)) = (ins[0], ins[1], dy) else {
         return Ok(vec![None; ins.len()]);
     };
@@ -666,19 +659,16 @@ fn bn_backward(
         .map(|(s, &is)| s.1 * is as f64)
         .collect();
     let m = (n * sp) as f32;
-    let mut dx = crate::ops::common::par_zeros(dyv.len());
-    dx.par_chunks_mut(sp.max(1))
-        .enumerate()
-        .for_each(|(plane, dxp)| {
-            let ch = plane % c;
-            let (mu, is) = (mean[ch], invstd[ch]);
-            let k = gamma[ch] * is / m;
-            let (db, dg) = (dbeta[ch] as f32, dgamma[ch] as f32);
-            let at = plane * sp;
-            for ((o, &v), &d) in dxp.iter_mut().zip(&xv[at..at + sp]).zip(&dyv[at..at + sp]) {
-                *o = k * (m * d - db - (v - mu) * is * dg);
-            }
-        });
+    let dx = crate::ops::pool::collect_chunks(dyv.len(), sp, |at, len| {
+        let ch = (at / sp) % c;
+        let (mu, is) = (mean[ch], invstd[ch]);
+        let k = gamma[ch] * is / m;
+        let (db, dg) = (dbeta[ch] as f32, dgamma[ch] as f32);
+        xv[at..at + len]
+            .iter()
+            .zip(&dyv[at..at + len])
+            .map(move |(&v, &d)| k * (m * d - db - (v - mu) * is * dg))
+    });
     let mut g = vec![None; ins.len()];
     g[0] = Some(Tensor::from_f32(sh.to_vec(), dx));
     g[1] = Some(Tensor::from_f32(
