@@ -487,8 +487,46 @@ fn im2col(x: &[f32], cg: usize, g: &G3, rows: std::ops::Range<usize>, col: &mut 
             (off, lo, hi)
         })
         .collect();
+    // 2-D, stride 1 and as wide as the input (a "same" conv): a tap's
+    // row is the input plane shifted by one offset, so it is one copy of
+    // the valid output rows, then zeros at the edges; else a copy per
+    // output row (many short copies on small planes).
+    let shifted =
+        g.i[0] == 1 && g.o[0] == 1 && g.k[0] == 1 && g.s[1] == 1 && g.s[2] == 1 && ow == iw;
+    let shifted_tap =
+        |xc: &[f32], kh: usize, &(offw, lo, hi): &(isize, usize, usize), row: &mut [f32]| {
+            let offh = g.off(1, kh);
+            let (ylo, yhi) = g.valid(1, offh);
+            let (ylo, yhi) = (
+                ylo.clamp(rows.start, rows.end),
+                yhi.clamp(rows.start, rows.end),
+            );
+            if ylo >= yhi || lo >= hi {
+                row.fill(0.0);
+                return;
+            }
+            let base = rows.start * ow;
+            let (first, last) = (ylo * ow + lo - base, (yhi - 1) * ow + hi - base);
+            let src = (base + first) as isize + offh * iw as isize + offw;
+            row[..first].fill(0.0);
+            row[first..last].copy_from_slice(&xc[src as usize..][..last - first]);
+            row[last..].fill(0.0);
+            for y in ylo - rows.start..yhi - rows.start {
+                let r = &mut row[y * ow..][..ow];
+                r[..lo].fill(0.0);
+                r[hi..].fill(0.0);
+            }
+        };
     let one = |(c, cc): (usize, &mut [f32])| {
         let xc = &x[c * pin..(c + 1) * pin];
+        if shifted {
+            for kh in 0..g.k[1] {
+                for (kw, range) in ranges.iter().enumerate() {
+                    shifted_tap(xc, kh, range, &mut cc[(kh * g.k[2] + kw) * pb..][..pb]);
+                }
+            }
+            return;
+        }
         for kd in 0..g.k[0] {
             let offd = g.off(0, kd);
             for kh in 0..g.k[1] {
@@ -1467,7 +1505,7 @@ impl ConvTranspose {
 /// `out`. `g` is the geometry of the equivalent forward convolution (output
 /// → input).
 fn col2im_plane(
-    col: &[f32],
+    col: &mut [f32],
     g: &G3,
     ranges: &[(isize, usize, usize)],
     rows: std::ops::Range<usize>,
@@ -1478,6 +1516,39 @@ fn col2im_plane(
     let [_, oh, ow] = g.i;
     let [_, ih, iw] = g.o;
     let pb = rows.len() * iw;
+    // 2-D, stride 1, as wide as the output: each tap's row adds to the
+    // output plane at one offset, so it is one long loop once the values
+    // that fall off the left and right edges are zeroed (they would wrap
+    // onto the neighbouring rows; adding 0 changes nothing).
+    if g.i[0] == 1 && g.o[0] == 1 && g.k[0] == 1 && g.s[1] == 1 && g.s[2] == 1 && ow == iw {
+        for kh in 0..g.k[1] {
+            let offh = g.off(1, kh);
+            let (ylo, yhi) = g.valid(1, offh);
+            let (ylo, yhi) = (
+                ylo.clamp(rows.start, rows.end),
+                yhi.clamp(rows.start, rows.end),
+            );
+            for (kw, &(offw, lo, hi)) in ranges.iter().enumerate() {
+                if ylo >= yhi || lo >= hi {
+                    continue;
+                }
+                let row = &mut col[(kh * g.k[2] + kw) * pb..][..pb];
+                let base = rows.start * iw;
+                for y in ylo - rows.start..yhi - rows.start {
+                    let r = &mut row[y * iw..][..iw];
+                    r[..lo].fill(0.0);
+                    r[hi..].fill(0.0);
+                }
+                let (first, last) = (ylo * iw + lo - base, (yhi - 1) * iw + hi - base);
+                let dst = (base + first) as isize + offh * ow as isize + offw;
+                let dst = &mut out[dst as usize..][..last - first];
+                for (d, &v) in dst.iter_mut().zip(&row[first..last]) {
+                    *d += v;
+                }
+            }
+        }
+        return;
+    }
     for kd in 0..g.k[0] {
         for kh in 0..g.k[1] {
             for (kw, &(off, lo, hi)) in ranges.iter().enumerate() {
@@ -1594,20 +1665,15 @@ pub fn conv_transpose_forward(
                     pb,
                     par,
                 );
-                let col = &*col;
-                let one = |(oc, plane): (usize, &mut [f32])| {
-                    col2im_plane(
-                        &col[oc * ks * pb..][..ks * pb],
-                        &g,
-                        &ranges,
-                        rws.clone(),
-                        plane,
-                    )
+                let one = |(plane, c): (&mut [f32], &mut [f32])| {
+                    col2im_plane(c, &g, &ranges, rws.clone(), plane)
                 };
                 if par {
-                    o.par_chunks_mut(p).enumerate().for_each(one);
+                    o.par_chunks_mut(p)
+                        .zip(col.par_chunks_mut(ks * pb))
+                        .for_each(one);
                 } else {
-                    o.chunks_mut(p).enumerate().for_each(one);
+                    o.chunks_mut(p).zip(col.chunks_mut(ks * pb)).for_each(one);
                 }
             }
         },
@@ -3304,6 +3370,78 @@ mod tests {
                 &depthwise_weight_grad(x, dy, &geom),
                 &depthwise_weight_grad_runs(x, dy, &geom),
             );
+        }
+    }
+
+    /// Input and weight gradients against plain sums (f64), on 2-D
+    /// geometries that take the one-shift im2col / col2im paths (stride
+    /// 1, output as wide as the input: dilated, asymmetric pads, 1xK,
+    /// 5x5 split into one-row blocks by the test-size column limit) and
+    /// on some that do not (strided, narrower output, grouped).
+    #[test]
+    fn conv_grads_match_plain_sums() {
+        let mut rng = Rng(5);
+        for (ci, co, grp, hw, k, dil, st, pb, pe) in [
+            (3, 4, 1, [9, 7], [3, 3], [1, 1], [1, 1], [1, 1], [1, 1]),
+            (3, 4, 1, [8, 9], [3, 3], [2, 2], [1, 1], [2, 2], [2, 2]),
+            (2, 3, 1, [9, 7], [3, 3], [1, 1], [1, 1], [0, 1], [2, 1]),
+            (2, 3, 1, [5, 8], [1, 3], [1, 1], [1, 1], [0, 1], [0, 1]),
+            (3, 3, 1, [12, 11], [5, 5], [1, 1], [1, 1], [2, 2], [2, 2]),
+            (4, 6, 2, [6, 6], [3, 3], [1, 1], [1, 1], [1, 1], [1, 1]),
+            (3, 4, 1, [9, 7], [3, 3], [1, 1], [2, 2], [1, 1], [1, 1]),
+            (3, 4, 1, [9, 7], [3, 3], [1, 1], [1, 1], [0, 0], [0, 0]),
+        ] {
+            let out: Vec<usize> = (0..2)
+                .map(|a| (hw[a] + pb[a] + pe[a] - (k[a] - 1) * dil[a] - 1) / st[a] + 1)
+                .collect();
+            let geom = ConvGeom {
+                n: 2,
+                c_in: ci,
+                c_out: co,
+                group: grp,
+                in_sp: hw.to_vec(),
+                out_sp: out.clone(),
+                kernel: k.to_vec(),
+                strides: st.to_vec(),
+                dilations: dil.to_vec(),
+                pads_begin: pb.to_vec(),
+                pads_end: pe.to_vec(),
+            };
+            let (cg, cog) = (ci / grp, co / grp);
+            let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next()).collect() };
+            let x = r(2 * ci * hw[0] * hw[1]);
+            let w = r(co * cg * k[0] * k[1]);
+            let dy = r(2 * co * out[0] * out[1]);
+            let mut dx = vec![0f64; x.len()];
+            let mut dw = vec![0f64; w.len()];
+            for n in 0..2 {
+                for o in 0..co {
+                    let g = o / cog;
+                    for c in 0..cg {
+                        let xc = n * ci + g * cg + c;
+                        for (kh, kw) in (0..k[0]).flat_map(|a| (0..k[1]).map(move |b| (a, b))) {
+                            let wi = ((o * cg + c) * k[0] + kh) * k[1] + kw;
+                            for (y, xo) in
+                                (0..out[0]).flat_map(|a| (0..out[1]).map(move |b| (a, b)))
+                            {
+                                let iy = (y * st[0] + kh * dil[0]) as isize - pb[0] as isize;
+                                let ix = (xo * st[1] + kw * dil[1]) as isize - pb[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= hw[0] as isize || ix >= hw[1] as isize
+                                {
+                                    continue;
+                                }
+                                let xi = (xc * hw[0] + iy as usize) * hw[1] + ix as usize;
+                                let d = dy[((n * co + o) * out[0] + y) * out[1] + xo] as f64;
+                                dw[wi] += d * x[xi] as f64;
+                                dx[xi] += d * w[wi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            let as32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<_>>();
+            close(&conv_input_grad(&dy, &w, &geom), &as32(dx));
+            close(&conv_weight_grad(&x, &dy, &geom), &as32(dw));
         }
     }
 }
