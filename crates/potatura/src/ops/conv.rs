@@ -459,6 +459,10 @@ fn for_items(
     }
 }
 
+/// Images (times groups) from which 3x3 convs use im2col + GEMM rather
+/// than Winograd (see `conv_forward`).
+const WINOGRAD_MAX_IMAGES: usize = 8;
+
 /// Fills each channel plane of `out` (`[N, C, len]`) with its bias.
 fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, c: usize, len: usize) {
     if let Some(b) = bias {
@@ -881,12 +885,14 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
     if cg == 0 {
         return out;
     }
-    // Winograd's 2.25x fewer multiplications win while there are too few
-    // images to give every thread its own (batch 1 inference: the GEMMs
-    // are split inside); with enough of them (training batches) im2col +
-    // GEMM per image is faster, the transforms costing more than they
-    // save (MNIST CNN at batch 64: 33 against 37 ms over its 3x3 convs).
-    let many_images = geom.n * geom.group >= 4 * rayon::current_num_threads();
+    // Winograd's 2.25x fewer multiplications win on a few images (batch 1
+    // inference: the GEMMs are split inside); on many (training batches)
+    // im2col + GEMM per image is faster, the transforms costing more than
+    // they save (MNIST CNN at batch 64: 33 against 37 ms over its 3x3
+    // convs; 2 cores, where 8 images is the crossover). A fixed count, not
+    // one per thread: the path, and so the bytes, must not depend on the
+    // machine's thread count.
+    let many_images = geom.n * geom.group >= WINOGRAD_MAX_IMAGES;
     if !many_images && winograd::applies(geom) {
         winograd::conv(x, w, geom, &mut out);
         return out;
