@@ -242,6 +242,76 @@ impl G3 {
     fn valid(&self, a: usize, off: isize) -> (usize, usize) {
         valid_range(self.o[a], self.i[a], self.s[a], off)
     }
+    /// 2-D, stride 1, output as wide as the input (a "same" conv): the
+    /// positions of a tap then map to the input plane by one offset, so
+    /// im2col and col2im can use [`G3::shifted_run`].
+    fn shifts_whole_rows(&self) -> bool {
+        self.i[0] == 1
+            && self.o[0] == 1
+            && self.k[0] == 1
+            && self.s[1] == 1
+            && self.s[2] == 1
+            && self.i[2] == self.o[2]
+    }
+    /// For [`G3::shifts_whole_rows`] geometries: tap `(kh, kw)` (`kw`'s
+    /// `(offset, lo, hi)` from `valid` on axis 2) over the output rows
+    /// `rows`, as one run `first..last` of positions counted from the
+    /// block's start, position `q` reading input position `q + shift`
+    /// (block start included). Positions of the rows `ys` (block-relative)
+    /// left of `lo` or from `hi` on wrap onto the neighbouring rows and
+    /// must not count. `None` when the tap reads no input.
+    fn shifted_run(
+        &self,
+        kh: usize,
+        (offw, lo, hi): (isize, usize, usize),
+        rows: &std::ops::Range<usize>,
+    ) -> Option<ShiftedRun> {
+        let w = self.o[2];
+        let offh = self.off(1, kh);
+        let (ylo, yhi) = self.valid(1, offh);
+        let (ylo, yhi) = (
+            ylo.clamp(rows.start, rows.end),
+            yhi.clamp(rows.start, rows.end),
+        );
+        if ylo >= yhi || lo >= hi {
+            return None;
+        }
+        let base = rows.start * w;
+        Some(ShiftedRun {
+            first: ylo * w + lo - base,
+            last: (yhi - 1) * w + hi - base,
+            shift: base as isize + offh * self.i[2] as isize + offw,
+            ys: ylo - rows.start..yhi - rows.start,
+            lo,
+            hi,
+        })
+    }
+}
+
+/// One tap of a "same" conv as a single run (see [`G3::shifted_run`]).
+struct ShiftedRun {
+    first: usize,
+    last: usize,
+    shift: isize,
+    ys: std::ops::Range<usize>,
+    lo: usize,
+    hi: usize,
+}
+
+impl ShiftedRun {
+    /// Zeroes the positions of `row` (rows of `w` values) that wrap.
+    fn zero_wrapped(&self, row: &mut [f32], w: usize) {
+        for y in self.ys.clone() {
+            let r = &mut row[y * w..][..w];
+            r[..self.lo].fill(0.0);
+            r[self.hi..].fill(0.0);
+        }
+    }
+    /// The input positions the run reads or writes.
+    fn input(&self) -> std::ops::Range<usize> {
+        let start = (self.first as isize + self.shift) as usize;
+        start..start + (self.last - self.first)
+    }
 }
 
 /// Output indices `o < n_out` with `0 <= o * s + off < n_in`, as a range.
@@ -491,36 +561,20 @@ fn im2col(x: &[f32], cg: usize, g: &G3, rows: std::ops::Range<usize>, col: &mut 
             (off, lo, hi)
         })
         .collect();
-    // 2-D, stride 1 and as wide as the input (a "same" conv): a tap's
-    // row is the input plane shifted by one offset, so it is one copy of
-    // the valid output rows, then zeros at the edges; else a copy per
-    // output row (many short copies on small planes).
-    let shifted =
-        g.i[0] == 1 && g.o[0] == 1 && g.k[0] == 1 && g.s[1] == 1 && g.s[2] == 1 && ow == iw;
-    let shifted_tap =
-        |xc: &[f32], kh: usize, &(offw, lo, hi): &(isize, usize, usize), row: &mut [f32]| {
-            let offh = g.off(1, kh);
-            let (ylo, yhi) = g.valid(1, offh);
-            let (ylo, yhi) = (
-                ylo.clamp(rows.start, rows.end),
-                yhi.clamp(rows.start, rows.end),
-            );
-            if ylo >= yhi || lo >= hi {
-                row.fill(0.0);
-                return;
-            }
-            let base = rows.start * ow;
-            let (first, last) = (ylo * ow + lo - base, (yhi - 1) * ow + hi - base);
-            let src = (base + first) as isize + offh * iw as isize + offw;
-            row[..first].fill(0.0);
-            row[first..last].copy_from_slice(&xc[src as usize..][..last - first]);
-            row[last..].fill(0.0);
-            for y in ylo - rows.start..yhi - rows.start {
-                let r = &mut row[y * ow..][..ow];
-                r[..lo].fill(0.0);
-                r[hi..].fill(0.0);
-            }
+    // A "same" conv: a tap's row is the input plane shifted by one
+    // offset, so it is one copy, then zeros where it wraps and outside;
+    // else a copy per output row (many short copies on small planes).
+    let shifted = g.shifts_whole_rows();
+    let shifted_tap = |xc: &[f32], kh: usize, &range: &(isize, usize, usize), row: &mut [f32]| {
+        let Some(run) = g.shifted_run(kh, range, &rows) else {
+            row.fill(0.0);
+            return;
         };
+        row[..run.first].fill(0.0);
+        row[run.first..run.last].copy_from_slice(&xc[run.input()]);
+        row[run.last..].fill(0.0);
+        run.zero_wrapped(row, ow);
+    };
     let one = |(c, cc): (usize, &mut [f32])| {
         let xc = &x[c * pin..(c + 1) * pin];
         if shifted {
@@ -1528,33 +1582,18 @@ fn col2im_plane(
     let [_, oh, ow] = g.i;
     let [_, ih, iw] = g.o;
     let pb = rows.len() * iw;
-    // 2-D, stride 1, as wide as the output: each tap's row adds to the
-    // output plane at one offset, so it is one long loop once the values
-    // that fall off the left and right edges are zeroed (they would wrap
-    // onto the neighbouring rows; adding 0 changes nothing).
-    if g.i[0] == 1 && g.o[0] == 1 && g.k[0] == 1 && g.s[1] == 1 && g.s[2] == 1 && ow == iw {
+    // A "same" conv: each tap's row adds to the output plane at one
+    // offset, so it is one long loop once the values that would wrap onto
+    // the neighbouring rows are zeroed (adding 0 changes nothing).
+    if g.shifts_whole_rows() {
         for kh in 0..g.k[1] {
-            let offh = g.off(1, kh);
-            let (ylo, yhi) = g.valid(1, offh);
-            let (ylo, yhi) = (
-                ylo.clamp(rows.start, rows.end),
-                yhi.clamp(rows.start, rows.end),
-            );
-            for (kw, &(offw, lo, hi)) in ranges.iter().enumerate() {
-                if ylo >= yhi || lo >= hi {
+            for (kw, &range) in ranges.iter().enumerate() {
+                let Some(run) = g.shifted_run(kh, range, &rows) else {
                     continue;
-                }
+                };
                 let row = &mut col[(kh * g.k[2] + kw) * pb..][..pb];
-                let base = rows.start * iw;
-                for y in ylo - rows.start..yhi - rows.start {
-                    let r = &mut row[y * iw..][..iw];
-                    r[..lo].fill(0.0);
-                    r[hi..].fill(0.0);
-                }
-                let (first, last) = (ylo * iw + lo - base, (yhi - 1) * iw + hi - base);
-                let dst = (base + first) as isize + offh * ow as isize + offw;
-                let dst = &mut out[dst as usize..][..last - first];
-                for (d, &v) in dst.iter_mut().zip(&row[first..last]) {
+                run.zero_wrapped(row, iw);
+                for (d, &v) in out[run.input()].iter_mut().zip(&row[run.first..run.last]) {
                     *d += v;
                 }
             }
