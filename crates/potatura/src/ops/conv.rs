@@ -300,11 +300,15 @@ struct ShiftedRun {
 
 impl ShiftedRun {
     /// Zeroes the positions of `row` (rows of `w` values) that wrap.
+    /// Column by column, down the rows: the wrapped positions are a pad's
+    /// width (one or two values) per row, too short for a `fill` (a
+    /// `memset` call each) to pay.
     fn zero_wrapped(&self, row: &mut [f32], w: usize) {
-        for y in self.ys.clone() {
-            let r = &mut row[y * w..][..w];
-            r[..self.lo].fill(0.0);
-            r[self.hi..].fill(0.0);
+        let rows = &mut row[self.ys.start * w..self.ys.end * w];
+        for col in (0..self.lo).chain(self.hi..w) {
+            for v in rows.iter_mut().skip(col).step_by(w) {
+                *v = 0.0;
+            }
         }
     }
     /// The input positions the run reads or writes.

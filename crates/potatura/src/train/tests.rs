@@ -323,6 +323,16 @@ fn convolutions_and_pools() {
         vec![spaced(&mut rng, &[2, 3, 4, 6])],
         &[0],
     );
+    // Odd sizes: the last row and column belong to no window.
+    check(
+        node(
+            "MaxPool",
+            1,
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        ),
+        vec![spaced(&mut rng, &[1, 2, 5, 7])],
+        &[0],
+    );
     check(
         node(
             "MaxPool",
