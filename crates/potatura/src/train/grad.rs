@@ -1191,7 +1191,7 @@ fn channel_sums(dy: &[f32], channels: usize, plane: usize) -> Vec<f32> {
     let images = dy.len() / (plane * channels).max(1);
     super::channel_sums(images, channels, plane, |at, len| {
         let p = &dy[at..at + len];
-        super::lane_sums(p, p, |v, _| v as f64, |_, _| 0.0)
+        super::lane_sums(p, p, |v, _| v, |_, _| 0.0)
     })
     .into_iter()
     .map(|(s, _)| s as f32)

@@ -73,6 +73,34 @@ pub struct Trainable {
     /// values need gradients).
     need: Vec<bool>,
     opset: i64,
+    /// Seconds per op type, forward and backward, when debug logging is
+    /// on for this module (see [`OpTimes`]).
+    times: Option<std::sync::Mutex<OpTimes>>,
+}
+
+/// Where training time goes: seconds per op type, forward and backward.
+/// Collected only when `RUST_LOG=potatura::train=debug` and logged when
+/// training ends.
+#[derive(Debug, Default)]
+struct OpTimes(std::collections::BTreeMap<String, [f64; 2]>);
+
+impl OpTimes {
+    fn add(&mut self, op: &str, backward: bool, t: std::time::Instant) {
+        self.0.entry(op.to_string()).or_default()[backward as usize] += t.elapsed().as_secs_f64();
+    }
+    fn log(&self, steps: usize) {
+        let mut rows: Vec<_> = self.0.iter().collect();
+        rows.sort_by(|a, b| (b.1[0] + b.1[1]).total_cmp(&(a.1[0] + a.1[1])));
+        let per = 1e3 / steps.max(1) as f64;
+        let table: Vec<String> = rows
+            .iter()
+            .map(|(op, [f, b])| format!("{op}: {:.1} + {:.1} ms", f * per, b * per))
+            .collect();
+        tracing::debug!(
+            "training time per step by op (forward + backward): {}",
+            table.join(", ")
+        );
+    }
 }
 
 /// What the forward pass kept for the backward pass.
@@ -234,7 +262,23 @@ impl Trainable {
             params,
             bn,
             need,
+            times: tracing::enabled!(tracing::Level::DEBUG)
+                .then(|| std::sync::Mutex::new(OpTimes::default())),
         })
+    }
+
+    /// Starts timing a step when [`OpTimes`] are collected.
+    fn clock(&self) -> Option<std::time::Instant> {
+        self.times.as_ref().map(|_| std::time::Instant::now())
+    }
+
+    /// Adds the time since `t` (from [`Trainable::clock`]) to `op`.
+    fn clocked(&self, op: &str, backward: bool, t: Option<std::time::Instant>) {
+        if let (Some(m), Some(t)) = (&self.times, t) {
+            if let Ok(mut m) = m.lock() {
+                m.add(op, backward, t);
+            }
+        }
     }
 
     /// Sparsity of the masked weights: (zeros, elements) over all params.
@@ -272,6 +316,7 @@ impl Trainable {
                 .iter()
                 .map(|s| s.and_then(|s| vals[s].as_deref().or(consts[s].as_deref())))
                 .collect();
+            let t = self.clock();
             let res = match st.op_type.as_str() {
                 "BatchNormalization" if matches!(mode, BnMode::Train | BnMode::Average) => {
                     let state = self.bn.get_mut(&si).expect("every BN has state");
@@ -305,6 +350,7 @@ impl Trainable {
                 }
                 _ => self.exec.eval_one(st, &args)?,
             };
+            self.clocked(&st.op_type, false, t);
             for (o, t) in st.outputs.iter().zip(res) {
                 vals[*o] = Some(Arc::new(t));
             }
@@ -372,6 +418,7 @@ impl Trainable {
                 .iter()
                 .map(|s| s.and_then(|s| tape.vals[s].as_deref().or(consts[s].as_deref())))
                 .collect();
+            let t = self.clock();
             let gin = if let Some((mean, invstd)) = tape.bn.get(&si) {
                 bn_backward(&ins, gout[0], mean, invstd)?
             } else if let Some(mask) = tape.dropout.get(&si) {
@@ -392,6 +439,7 @@ impl Trainable {
                 };
                 grad::backward(&site, &ins, &outs, &gout)?
             };
+            self.clocked(&st.op_type, true, t);
             // This step is each output's last reader: free their gradients
             // now, so the allocator hands the same (cache-warm) memory to
             // the next step.
@@ -516,30 +564,47 @@ impl Trainable {
     }
 }
 
-/// `(Σ f(a[i], b[i]), Σ g(a[i], b[i]))` in eight f64 lanes each:
-/// vectorised, and in a fixed order (the same bytes on every run).
+/// `(Σ f(a[i], b[i]), Σ g(a[i], b[i]))`: sixteen f32 lanes each over
+/// blocks of [`LANE_BLOCK`] values, the blocks' sums added in f64.
+/// Vectorised (AVX2 where the CPU has it), and in a fixed order (the same
+/// bytes on every run). A lane adds at most `LANE_BLOCK / 16` values in
+/// f32, so its rounding stays near f32's own (callers shift values by a
+/// typical one first where squares are summed).
 #[inline(always)]
 pub(crate) fn lane_sums(
     a: &[f32],
     b: &[f32],
-    f: impl Fn(f32, f32) -> f64,
-    g: impl Fn(f32, f32) -> f64,
+    f: impl Fn(f32, f32) -> f32,
+    g: impl Fn(f32, f32) -> f32,
 ) -> (f64, f64) {
-    let (mut af, mut ag) = ([0.0f64; 8], [0.0f64; 8]);
-    let full = a.len().min(b.len()) / 8 * 8;
-    for (ac, bc) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
-        for l in 0..8 {
-            af[l] += f(ac[l], bc[l]);
-            ag[l] += g(ac[l], bc[l]);
-        }
-    }
-    let (mut tf, mut tg) = (0.0, 0.0);
-    for (&x, &y) in a[full..].iter().zip(&b[full..]) {
-        tf += f(x, y);
-        tg += g(x, y);
-    }
-    (af.iter().sum::<f64>() + tf, ag.iter().sum::<f64>() + tg)
+    let n = a.len().min(b.len());
+    crate::ops::pool::with_simd(
+        #[inline(always)]
+        || {
+            let (mut tf, mut tg) = (0.0f64, 0.0f64);
+            for (ab, bb) in a[..n].chunks(LANE_BLOCK).zip(b[..n].chunks(LANE_BLOCK)) {
+                let (mut af, mut ag) = ([0.0f32; 16], [0.0f32; 16]);
+                let full = ab.len() / 16 * 16;
+                for (ac, bc) in ab[..full].chunks_exact(16).zip(bb[..full].chunks_exact(16)) {
+                    for l in 0..16 {
+                        af[l] += f(ac[l], bc[l]);
+                        ag[l] += g(ac[l], bc[l]);
+                    }
+                }
+                for (l, (&x, &y)) in ab[full..].iter().zip(&bb[full..]).enumerate() {
+                    af[l] += f(x, y);
+                    ag[l] += g(x, y);
+                }
+                tf += af.iter().map(|&v| v as f64).sum::<f64>();
+                tg += ag.iter().map(|&v| v as f64).sum::<f64>();
+            }
+            (tf, tg)
+        },
+    )
 }
+
+/// Values per f32 block of [`lane_sums`].
+const LANE_BLOCK: usize = 1024;
 
 /// Two sums per channel over `[n, c, sp]` data, channels in parallel:
 /// `f(offset, len)` gives a plane's pair, added in image order.
@@ -582,15 +647,20 @@ fn bn_train(
     let xv = x.f32s()?;
     let m = (n * sp) as f64;
     // One pass: sums of x - k and (x - k)² with k a value of the channel,
-    // which keeps E[x²] - E[x]² free of cancellation in f64.
-    let shift: Vec<f64> = (0..c)
-        .map(|ch| xv.get(ch * sp).map_or(0.0, |&v| v as f64))
+    // which keeps E[x²] - E[x]² free of cancellation ([`lane_sums`]: f32
+    // within blocks, f64 across).
+    let shift: Vec<f32> = (0..c)
+        .map(|ch| xv.get(ch * sp).copied().unwrap_or(0.0))
         .collect();
     let sums = channel_sums(n, c, sp, |at, len| {
         let (xs, k) = (&xv[at..at + len], shift[(at / len.max(1)) % c]);
-        lane_sums(xs, xs, |v, _| v as f64 - k, |v, _| (v as f64 - k).powi(2))
+        lane_sums(xs, xs, |v, _| v - k, |v, _| (v - k) * (v - k))
     });
-    let mean: Vec<f64> = sums.iter().zip(&shift).map(|(s, k)| k + s.0 / m).collect();
+    let mean: Vec<f64> = sums
+        .iter()
+        .zip(&shift)
+        .map(|(s, &k)| k as f64 + s.0 / m)
+        .collect();
     let var: Vec<f64> = sums
         .iter()
         .map(|&(s1, s2)| (s2 / m - (s1 / m).powi(2)).max(0.0))
@@ -648,8 +718,8 @@ fn bn_backward(
         lane_sums(
             &dyv[at..at + len],
             &xv[at..at + len],
-            |d, _| d as f64,
-            |d, v| (d * (v - mu)) as f64,
+            |d, _| d,
+            |d, v| d * (v - mu),
         )
     });
     let dbeta: Vec<f64> = sums.iter().map(|s| s.0).collect();
@@ -1443,6 +1513,9 @@ pub fn recover_with(
             break;
         }
         step += 1;
+    }
+    if let Some(Ok(t)) = tr.times.as_ref().map(|m| m.lock()) {
+        t.log(step - first);
     }
     tr.to_model()
 }
