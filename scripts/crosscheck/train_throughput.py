@@ -11,7 +11,7 @@ Usage:
       training: CE, SGD with Nesterov momentum, batch 64) round by round,
       and reports each round's ratio and the median: a shared machine's
       speed drifts within minutes, so only measurements taken side by side
-      compare.
+      compare. Both leave their first 3 steps out of the timing.
 
 Needs torch and numpy (scripts/fixtures/requirements.txt pins them).
 """
@@ -42,15 +42,19 @@ MODELS = [
 ]
 
 
+WARM_UP = 3  # steps left out of the timing on both sides (potatura's WARM_UP_STEPS)
+
+
 def torch_throughput(model, shape, classes=10, steps=20, batch=BATCH):
+    """samples/s over `steps` steps after WARM_UP steps."""
     torch.manual_seed(0)
     x = torch.randn(batch, *shape)
     y = torch.randint(0, classes, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    for i in range(steps + 3):
-        if i == 3:
+    for i in range(steps + WARM_UP):
+        if i == WARM_UP:
             t0 = time.perf_counter()
         opt.zero_grad()
         loss_fn(model(x), y).backward()
@@ -59,7 +63,9 @@ def torch_throughput(model, shape, classes=10, steps=20, batch=BATCH):
 
 
 def potatura_throughput(exe, onnx_path, shape, tmp, steps, classes=10):
-    """samples/s that `potatura recover` reports for `steps` steps of CE."""
+    """samples/s that `potatura recover` reports for `steps` steps of CE
+    after its WARM_UP steps (its "N after 3 warm-up steps"), data batching,
+    loss, accuracy and optimizer step included."""
     rng = np.random.default_rng(0)
     x = tmp / f"{onnx_path.stem}.x.npy"
     y = tmp / f"{onnx_path.stem}.y.npy"
@@ -68,10 +74,11 @@ def potatura_throughput(exe, onnx_path, shape, tmp, steps, classes=10):
         np.save(y, rng.integers(0, classes, BATCH * 4, dtype=np.int64))
     out = subprocess.run(
         [str(exe), "recover", str(onnx_path), "-o", str(tmp / "out.onnx"), "--data", str(x),
-         "--labels", str(y), "--steps", str(steps), "--batch", str(BATCH), "--checkpoint-every", "0"],
+         "--labels", str(y), "--steps", str(steps + WARM_UP), "--batch", str(BATCH),
+         "--checkpoint-every", "0"],
         capture_output=True, text=True, check=True,
     )
-    m = re.search(r"\(([0-9.]+) samples/s\)", out.stdout + out.stderr)
+    m = re.search(rf"; ([0-9.]+) after {WARM_UP} warm-up steps\)", out.stdout + out.stderr)
     if not m:
         sys.exit(f"no samples/s in potatura's output:\n{out.stdout}\n{out.stderr}")
     return float(m.group(1))

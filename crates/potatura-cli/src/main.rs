@@ -568,9 +568,13 @@ fn train_with_progress(
         pb.set_position(c.step as u64);
     }
     let mut save = |c: &potatura::train::Checkpoint| c.save(ckpt_path);
+    let mut warm = None;
     let mut on_step = |r: &potatura::train::StepReport| {
         seen += r.samples;
         steps = r.step;
+        if r.step == WARM_UP_STEPS {
+            warm = Some((std::time::Instant::now(), seen));
+        }
         last_loss = r.loss;
         if let Some(a) = r.accuracy {
             acc_avg = Some(acc_avg.map_or(a, |m| 0.95 * m + 0.05 * a));
@@ -620,6 +624,7 @@ fn train_with_progress(
             planned_steps: opts.steps,
             seconds: secs,
             samples_per_second: seen as f64 / secs.max(1e-9),
+            steady_samples_per_second: steady_rate(warm, seen),
             final_loss: last_loss,
             interrupted,
         },
@@ -640,8 +645,37 @@ struct TrainStats {
     planned_steps: usize,
     seconds: f64,
     samples_per_second: f64,
+    /// Samples/s over the steps after the first [`WARM_UP_STEPS`] (which
+    /// pay for first-touch page faults and set-up): the rate a longer run
+    /// settles at, and the one benchmarks compare. `None` for shorter runs.
+    steady_samples_per_second: Option<f64>,
     final_loss: f32,
     interrupted: bool,
+}
+
+/// Steps left out of [`TrainStats::steady_samples_per_second`].
+const WARM_UP_STEPS: usize = 3;
+
+impl TrainStats {
+    /// "12.3 s (456 samples/s; 470 after 3 warm-up steps)"
+    fn timing(&self) -> String {
+        let steady = self
+            .steady_samples_per_second
+            .map(|r| format!("; {r:.0} after {WARM_UP_STEPS} warm-up steps"))
+            .unwrap_or_default();
+        format!(
+            "{:.1} s ({:.0} samples/s{steady})",
+            self.seconds, self.samples_per_second
+        )
+    }
+}
+
+/// Samples/s after the warm-up steps: `warm` holds the time and the samples
+/// seen when step [`WARM_UP_STEPS`] ended.
+fn steady_rate(warm: Option<(std::time::Instant, usize)>, seen: usize) -> Option<f64> {
+    let (t, at) = warm?;
+    let secs = t.elapsed().as_secs_f64();
+    (seen > at && secs > 0.0).then(|| (seen - at) as f64 / secs)
 }
 
 /// Accuracy (with labels) and agreement (with reference predictions).
@@ -770,11 +804,10 @@ fn recover_cmd(a: &RecoverArgs) -> Result<ExitCode> {
     println!("{} -> {}", report.model, report.output);
     if let Some(t) = &report.training {
         println!(
-            "trained {} of {} steps in {:.1} s ({:.0} samples/s), final loss {:.4}{}",
+            "trained {} of {} steps in {}, final loss {:.4}{}",
             t.steps,
             t.planned_steps,
-            t.seconds,
-            t.samples_per_second,
+            t.timing(),
             t.final_loss,
             if t.interrupted {
                 " (interrupted: the model so far was saved)"
@@ -1549,6 +1582,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
                 .progress_chars("=> "),
             );
             let t0 = std::time::Instant::now();
+            let mut warm = None;
             let (mut done, mut last) = (0usize, f32::NAN);
             let m = potatura::train::prune_iteratively(
                 &model,
@@ -1563,6 +1597,9 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
                 &mut |rep| {
                     done += 1;
                     last = rep.loss;
+                    if done == WARM_UP_STEPS {
+                        warm = Some((std::time::Instant::now(), done * per.batch));
+                    }
                     pb.inc(1);
                     true
                 },
@@ -1577,6 +1614,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<ExitCode> {
                     planned_steps: per.steps * a.rounds,
                     seconds: secs,
                     samples_per_second: (done * per.batch) as f64 / secs.max(1e-9),
+                    steady_samples_per_second: steady_rate(warm, done * per.batch),
                     final_loss: last,
                     interrupted: false,
                 },
@@ -1788,10 +1826,9 @@ fn print_prune_report(r: &PruneReport, json: bool) -> Result<()> {
         let t = &rc.training;
         writeln!(
             out,
-            "recovered by distillation from the unpruned model: {} steps in {:.1} s ({:.0} samples/s){}",
+            "recovered by distillation from the unpruned model: {} steps in {}{}",
             t.steps,
-            t.seconds,
-            t.samples_per_second,
+            t.timing(),
             if t.interrupted { ", interrupted" } else { "" }
         )?;
         if let Some(e) = &rc.right_after_pruning {
