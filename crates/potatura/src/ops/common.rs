@@ -101,6 +101,31 @@ pub fn broadcast_index_map(in_shape: &[usize], out_shape: &[usize]) -> Vec<usize
 /// Elements above which element-wise loops run in parallel.
 pub const PAR_THRESHOLD: usize = 1 << 15;
 
+/// Writes `v` to every element of `o` and returns it, now initialised.
+pub fn fill_uninit(o: &mut [std::mem::MaybeUninit<f32>], v: f32) -> &mut [f32] {
+    o.iter_mut().for_each(|x| {
+        x.write(v);
+    });
+    // SAFETY: every element was just written, and `MaybeUninit<f32>` has
+    // the layout of `f32`.
+    unsafe { &mut *(o as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `n` values built chunk by chunk: each chunk of `chunk` values is zeroed
+/// and at once handed to `f(start, chunk)`, while it is in cache (rather
+/// than after a zeroing pass over the whole vector). Chunks run in
+/// parallel when `par`.
+pub fn zeroed_chunks(
+    n: usize,
+    chunk: usize,
+    par: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let fill = |start: usize, o: &mut [std::mem::MaybeUninit<f32>]| f(start, fill_uninit(o, 0.0));
+    // SAFETY: `fill` initialises every element of its chunk.
+    unsafe { super::pool::build_vec(n, chunk, par, fill) }
+}
+
 /// `n` zeros, written by all threads when `n` is large: the zeroing of
 /// big activation and gradient buffers is otherwise a serial pass that
 /// leaves the other cores idle.

@@ -20,7 +20,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::channels::{ChanCx, ChanMap, Link, Pairs, Port, PruneCx, Use, WeightAxis};
-use super::common::{fact, input, opt, par_zeros};
+use super::common::{fact, fill_uninit, input, opt, par_zeros};
 use super::matmul::{sgemm, MatRef, MAX_ELEMENTS};
 use super::{op_error, Fact, Op};
 use crate::error::Result;
@@ -502,35 +502,60 @@ impl Conv {
     }
 }
 
-/// Runs `f(item, out_chunk, scratch, parallel_inside)` for each of `items`
-/// consecutive chunks of `out`, either in parallel over items (each with its
-/// own scratch buffer) or one after another with parallelism inside.
-fn for_items(
-    out: &mut [f32],
+/// Builds an output of `len` values in `items` equal chunks: each chunk's
+/// planes of `plane` values are filled with `init(item, plane_index)` (a
+/// bias, or 0), then `f(item, chunk, scratch, parallel_inside)` adds to it.
+/// Items run in parallel (each with its own scratch buffer) or one after
+/// another with parallelism inside. Filling a chunk right before its work
+/// keeps it in cache: no separate zeroing pass over the whole output.
+fn build_items(
+    len: usize,
     items: usize,
+    plane: usize,
+    init: impl Fn(usize, usize) -> f32 + Sync,
     per_item_macs: usize,
     scratch_len: usize,
     f: impl Fn(usize, &mut [f32], &mut [f32], bool) + Sync,
-) {
-    if items == 0 || out.is_empty() {
-        return;
+) -> Vec<f32> {
+    if items == 0 || len == 0 || plane == 0 {
+        return vec![0.0; len];
     }
-    let chunk = out.len() / items;
+    let chunk = len / items;
+    assert!(
+        chunk * items == len && chunk % plane == 0,
+        "build_items: {len} values do not split into {items} items of {plane}-value planes"
+    );
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let run = |i: usize, o: &mut [MaybeUninit<f32>], s: &mut [f32], par: bool| {
+        for (j, pl) in o.chunks_mut(plane).enumerate() {
+            fill_uninit(pl, init(i, j));
+        }
+        // SAFETY: every value of `o` was just initialised, and
+        // `MaybeUninit<f32>` has the layout of `f32`.
+        let o = unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        f(i, o, s, par)
+    };
+    let spare = &mut out.spare_capacity_mut()[..len];
     let total = items.saturating_mul(per_item_macs);
     let threads = rayon::current_num_threads();
     let big = total >= CONV_PAR_MACS && threads > 1;
     let over_items = big && items >= threads && (per_item_macs < (1 << 22) || items >= 4 * threads);
     if over_items {
-        out.par_chunks_mut(chunk)
+        spare
+            .par_chunks_mut(chunk)
             .enumerate()
-            .for_each(|(i, o)| with_scratch(0, scratch_len, |s| f(i, o, s, false)));
+            .for_each(|(i, o)| with_scratch(0, scratch_len, |s| run(i, o, s, false)));
     } else {
         with_scratch(0, scratch_len, |s| {
-            for (i, o) in out.chunks_mut(chunk).enumerate() {
-                f(i, o, s, big);
+            for (i, o) in spare.chunks_mut(chunk).enumerate() {
+                run(i, o, s, big);
             }
         })
     }
+    // SAFETY: the chunks cover all `len` values (checked above) and `run`
+    // initialised each one.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Images (times groups) from which 3x3 convs use im2col + GEMM rather
@@ -937,10 +962,9 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
         unsafe { out.set_len(total) };
         return out;
     }
-    let mut out = par_zeros(total);
-    fill_bias(&mut out, bias, geom.c_out, p);
-    let accumulate = bias.is_some();
     if cg == 0 {
+        let mut out = vec![0.0; total];
+        fill_bias(&mut out, bias, geom.c_out, p);
         return out;
     }
     // Winograd's 2.25x fewer multiplications win on a few images (batch 1
@@ -952,6 +976,8 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
     // machine's thread count.
     let many_images = geom.n * geom.group >= WINOGRAD_MAX_IMAGES;
     if !many_images && winograd::applies(geom) {
+        let mut out = par_zeros(total);
+        fill_bias(&mut out, bias, geom.c_out, p);
         winograd::conv(x, w, geom, &mut out);
         return out;
     }
@@ -961,9 +987,12 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
     let block = rows_per_block(kk * ow, nrows);
     let scratch = if pointwise { 0 } else { kk * ow * block };
     let items = geom.n * geom.group;
-    for_items(
-        &mut out,
+    let accumulate = bias.is_some();
+    build_items(
+        total,
         items,
+        p,
+        |item, ch| bias.map_or(0.0, |b| b[(item % geom.group) * mg + ch]),
         mg * kk * p,
         scratch,
         |item, o, col, par| {
@@ -1005,8 +1034,7 @@ pub fn conv_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geom: &ConvGeom)
                 );
             }
         },
-    );
-    out
+    )
 }
 
 /// Winograd F(2x2, 3x3): 2-D 3x3 convolutions with stride 1 and dilation
@@ -1670,12 +1698,10 @@ pub fn conv_transpose_forward(
         geom.c_in * rows,
         "conv_transpose_forward: weight size"
     );
-    let mut out = par_zeros(geom.n * geom.c_out * p);
-    if out.is_empty() {
-        return out;
-    }
-    fill_bias(&mut out, bias, geom.c_out, p);
-    if cig == 0 {
+    let total = geom.n * geom.c_out * p;
+    if total == 0 || cig == 0 {
+        let mut out = vec![0.0; total];
+        fill_bias(&mut out, bias, geom.c_out, p);
         return out;
     }
     let ranges: Vec<(isize, usize, usize)> = (0..g.k[2])
@@ -1689,9 +1715,11 @@ pub fn conv_transpose_forward(
     let nrows = g.o[0] * g.o[1];
     let block = rows_per_block(rows * iw, nrows);
     let items = geom.n * geom.group;
-    for_items(
-        &mut out,
+    build_items(
+        total,
         items,
+        p,
+        |item, ch| bias.map_or(0.0, |b| b[(item % geom.group) * cog + ch]),
         rows * cig * pin,
         rows * iw * block,
         |item, o, col, par| {
@@ -1732,8 +1760,7 @@ pub fn conv_transpose_forward(
                 }
             }
         },
-    );
-    out
+    )
 }
 
 /// Gradient of a convolution's input: the transposed convolution of the

@@ -963,25 +963,25 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
     );
     let (xv, dyv) = (x.f32s()?, dy.f32s()?);
     let (pin, pout) = (i3.iter().product::<usize>(), o3.iter().product::<usize>());
-    let mut dx = crate::ops::common::par_zeros(xv.len());
+
     // The common case (2-D max pooling without padding or dilation) has
     // direct loops.
     let plain_2d_max =
         max && i3[0] == 1 && o3[0] == 1 && k3[0] == 1 && p3 == [0; 3] && d3 == [1; 3];
     // One plane per task; windows walked in place (no allocation).
-    use rayon::prelude::*;
-    dx.par_chunks_mut(pin.max(1))
-        .enumerate()
-        .for_each(|(c, dxp)| {
-            let xp = &xv[c * pin..][..pin];
-            let dyp = &dyv[c * pout..][..pout];
-            if plain_2d_max {
-                max_pool_2d_backward(xp, dyp, [i3[1], i3[2]], [o3[1], o3[2]], k3, s3, dxp);
-                return;
-            }
-            // Calls `f` with the input index of every tap of output `oi`
-            // (`None` for a tap in the padding).
-            let window = |oi: usize, f: &mut dyn FnMut(Option<usize>)| {
+    let pin = pin.max(1);
+    let dx = crate::ops::common::zeroed_chunks(xv.len(), pin, true, |start, dxp| {
+        let c = start / pin;
+        let xp = &xv[c * pin..][..pin];
+        let dyp = &dyv[c * pout..][..pout];
+        if plain_2d_max {
+            max_pool_2d_backward(xp, dyp, [i3[1], i3[2]], [o3[1], o3[2]], k3, s3, dxp);
+            return;
+        }
+        // Calls `f` with the input index of every tap of output `oi`
+        // (`None` for a tap in the padding).
+        let window =
+            |oi: usize, f: &mut dyn FnMut(Option<usize>)| {
                 let (oz, oy, ox) = (oi / (o3[1] * o3[2]), (oi / o3[2]) % o3[1], oi % o3[2]);
                 for kz in 0..k3[0] {
                     let z = (oz * s3[0] + kz * d3[0]) as isize - p3[0] as isize;
@@ -1001,34 +1001,34 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
                     }
                 }
             };
-            for (oi, &d) in dyp.iter().enumerate() {
-                let mut best: Option<usize> = None;
-                let mut count = 0usize;
-                window(oi, &mut |t| match t {
-                    Some(t) => {
-                        count += 1;
-                        // The first maximum takes the gradient (as the
-                        // forward's first-wins comparison).
-                        if best.is_none_or(|b| xp[t] > xp[b]) {
-                            best = Some(t);
-                        }
+        for (oi, &d) in dyp.iter().enumerate() {
+            let mut best: Option<usize> = None;
+            let mut count = 0usize;
+            window(oi, &mut |t| match t {
+                Some(t) => {
+                    count += 1;
+                    // The first maximum takes the gradient (as the
+                    // forward's first-wins comparison).
+                    if best.is_none_or(|b| xp[t] > xp[b]) {
+                        best = Some(t);
                     }
-                    None => count += include_pad as usize,
-                });
-                if max {
-                    if let Some(b) = best {
-                        dxp[b] += d;
-                    }
-                } else if count > 0 {
-                    let share = d / count as f32;
-                    window(oi, &mut |t| {
-                        if let Some(t) = t {
-                            dxp[t] += share;
-                        }
-                    });
                 }
+                None => count += include_pad as usize,
+            });
+            if max {
+                if let Some(b) = best {
+                    dxp[b] += d;
+                }
+            } else if count > 0 {
+                let share = d / count as f32;
+                window(oi, &mut |t| {
+                    if let Some(t) = t {
+                        dxp[t] += share;
+                    }
+                });
             }
-        });
+        }
+    });
     Ok(Tensor::from_f32(sh, dx))
 }
 
