@@ -522,7 +522,7 @@ fn build_items(
     }
     let chunk = len / items;
     assert!(
-        chunk * items == len && chunk % plane == 0,
+        chunk * items == len && chunk.is_multiple_of(plane),
         "build_items: {len} values do not split into {items} items of {plane}-value planes"
     );
     let mut out: Vec<f32> = Vec::with_capacity(len);

@@ -155,14 +155,7 @@ pub(crate) fn backward(
             ));
         }
         "Clip" => {
-            let bound = |i: usize, attr: &str, def: f32| -> Result<f32> {
-                match ins.get(i).copied().flatten() {
-                    Some(t) => Ok(t.scalar_f64().unwrap_or(def as f64) as f32),
-                    None => node.attr_float(attr, def),
-                }
-            };
-            let lo = bound(1, "min", f32::NEG_INFINITY)?;
-            let hi = bound(2, "max", f32::INFINITY)?;
+            let (lo, hi) = clip_bounds(node, ins)?;
             let a = x(0)?.f32s()?;
             g[0] = Some(like(
                 x(0)?,
@@ -1070,6 +1063,21 @@ fn max_pool_2d_backward(
     }
 }
 
+/// A Clip's `(min, max)`: its inputs 1 and 2 (opset 11 on) or attributes,
+/// unbounded when absent.
+pub(crate) fn clip_bounds(node: &Node, ins: &[Option<&Tensor>]) -> Result<(f32, f32)> {
+    let bound = |i: usize, attr: &str, def: f32| -> Result<f32> {
+        match ins.get(i).copied().flatten() {
+            Some(t) => Ok(t.scalar_f64().unwrap_or(def as f64) as f32),
+            None => node.attr_float(attr, def),
+        }
+    };
+    Ok((
+        bound(1, "min", f32::NEG_INFINITY)?,
+        bound(2, "max", f32::INFINITY)?,
+    ))
+}
+
 /// An element-wise rule `dx = f(x, y, dy)`.
 fn unary(
     x: &Tensor,
@@ -1191,7 +1199,7 @@ fn channel_sums(dy: &[f32], channels: usize, plane: usize) -> Vec<f32> {
     let images = dy.len() / (plane * channels).max(1);
     super::channel_sums(images, channels, plane, |at, len| {
         let p = &dy[at..at + len];
-        super::lane_sums(p, p, |v, _| v, |_, _| 0.0)
+        super::lane_sums(p, p, p, |v, _, _| v, |_, _, _| 0.0)
     })
     .into_iter()
     .map(|(s, _)| s as f32)

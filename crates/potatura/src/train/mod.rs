@@ -76,6 +76,45 @@ pub struct Trainable {
     /// Seconds per op type, forward and backward, when debug logging is
     /// on for this module (see [`OpTimes`]).
     times: Option<std::sync::Mutex<OpTimes>>,
+    /// BatchNormalization steps whose output only a Relu or Clip step
+    /// reads (that step's index): with batch statistics the two run as one
+    /// pass forward and one backward (see [`fusable_activations`]).
+    fused: HashMap<usize, usize>,
+}
+
+/// BatchNormalization steps (index) whose only output is read by nothing
+/// but one Relu or Clip step (index, the value's only use). Training runs
+/// them as one: the normalised values are clamped as they are written,
+/// and the backward pass masks the gradient as it reads it, which saves a
+/// pass over the activation each way (conv-BN-ReLU blocks).
+fn fusable_activations(exec: &Executor) -> HashMap<usize, usize> {
+    let mut uses = vec![0usize; exec.n_slots()];
+    for st in exec.steps() {
+        for &s in st.inputs.iter().flatten() {
+            uses[s] += 1;
+        }
+    }
+    for s in exec.output_slots() {
+        uses[s] += 1;
+    }
+    let mut reader = HashMap::new();
+    for (sj, st) in exec.steps().iter().enumerate() {
+        if matches!(st.op_type.as_str(), "Relu" | "Clip") && st.outputs.len() == 1 {
+            if let Some(Some(x)) = st.inputs.first() {
+                reader.insert(*x, sj);
+            }
+        }
+    }
+    exec.steps()
+        .iter()
+        .enumerate()
+        .filter(|(_, st)| st.op_type == "BatchNormalization" && st.outputs.len() == 1)
+        .filter_map(|(si, st)| {
+            let o = st.outputs[0];
+            let sj = *reader.get(&o)?;
+            (uses[o] == 1 && sj > si).then_some((si, sj))
+        })
+        .collect()
 }
 
 /// Where training time goes: seconds per op type, forward and backward.
@@ -110,6 +149,9 @@ struct Tape {
     bn: HashMap<usize, (Vec<f32>, Vec<f32>)>,
     /// Dropout: scaled keep mask.
     dropout: HashMap<usize, Vec<f32>>,
+    /// Activation steps run inside their BatchNormalization (see
+    /// [`Trainable::fused`]): the BatchNormalization step and the bounds.
+    fused: HashMap<usize, (usize, (f32, f32))>,
 }
 
 /// How BatchNormalization behaves in a forward pass.
@@ -254,6 +296,7 @@ impl Trainable {
                 }
             }
         }
+        let fused = fusable_activations(&exec);
         Ok(Trainable {
             base: base.clone(),
             opset: graph.opset(),
@@ -264,7 +307,15 @@ impl Trainable {
             need,
             times: tracing::enabled!(tracing::Level::DEBUG)
                 .then(|| std::sync::Mutex::new(OpTimes::default())),
+            fused,
         })
+    }
+
+    /// Keeps the value in `slot` on the tape: a BatchNormalization writing
+    /// it is no longer fused with its activation (a distilled feature).
+    fn keep_value(&mut self, slot: usize) {
+        let steps = self.exec.steps();
+        self.fused.retain(|&si, _| steps[si].outputs[0] != slot);
     }
 
     /// Starts timing a step when [`OpTimes`] are collected.
@@ -309,8 +360,12 @@ impl Trainable {
         }
         let mut tape_bn = HashMap::new();
         let mut tape_drop = HashMap::new();
+        let mut tape_fused = HashMap::new();
         let consts = self.exec.consts();
         for (si, st) in self.exec.steps().iter().enumerate() {
+            if tape_fused.contains_key(&si) {
+                continue;
+            }
             let args: Vec<Option<&Tensor>> = st
                 .inputs
                 .iter()
@@ -319,12 +374,41 @@ impl Trainable {
             let t = self.clock();
             let res = match st.op_type.as_str() {
                 "BatchNormalization" if matches!(mode, BnMode::Train | BnMode::Average) => {
+                    // A fused activation whose bounds are known writes its
+                    // output here, and its own step is skipped.
+                    let act = match self.fused.get(&si) {
+                        Some(&sj) => {
+                            let a = &self.exec.steps()[sj];
+                            let ins: Vec<Option<&Tensor>> = a
+                                .inputs
+                                .iter()
+                                .map(|s| s.and_then(|s| consts[s].as_deref()))
+                                .collect();
+                            let bounds = if a.op_type == "Relu" {
+                                Some((0.0, f32::INFINITY))
+                            } else if a.inputs[1..].iter().flatten().all(|&s| consts[s].is_some()) {
+                                let node = &self.graph.graph.nodes[a.node];
+                                Some(grad::clip_bounds(node, &ins)?)
+                            } else {
+                                None
+                            };
+                            bounds.map(|b| (sj, b))
+                        }
+                        None => None,
+                    };
                     let state = self.bn.get_mut(&si).expect("every BN has state");
-                    let (y, mean, invstd) = bn_train(&args, state, mode).map_err(|e| match e {
-                        Error::Usage(m) => Error::op(&st.label, &st.op_type, m),
-                        o => o,
-                    })?;
+                    let (y, mean, invstd) = bn_train(&args, state, mode, act.map(|a| a.1))
+                        .map_err(|e| match e {
+                            Error::Usage(m) => Error::op(&st.label, &st.op_type, m),
+                            o => o,
+                        })?;
                     tape_bn.insert(si, (mean, invstd));
+                    if let Some((sj, bounds)) = act {
+                        tape_fused.insert(sj, (si, bounds));
+                        self.clocked(&st.op_type, false, t);
+                        vals[self.exec.steps()[sj].outputs[0]] = Some(Arc::new(y));
+                        continue;
+                    }
                     vec![y]
                 }
                 "Dropout" if matches!(mode, BnMode::Train | BnMode::Frozen) => {
@@ -373,6 +457,7 @@ impl Trainable {
                 vals,
                 bn: tape_bn,
                 dropout: tape_drop,
+                fused: tape_fused,
             },
         ))
     }
@@ -412,6 +497,13 @@ impl Trainable {
             if gout.iter().all(Option::is_none) || !need.contains(&true) {
                 continue;
             }
+            if let Some(&(bn_step, _)) = tape.fused.get(&si) {
+                // The activation's gradient is masked by its
+                // BatchNormalization's backward: hand it on as it is.
+                let g = grads[st.outputs[0]].take();
+                grads[self.exec.steps()[bn_step].outputs[0]] = g;
+                continue;
+            }
             let node = &self.graph.graph.nodes[st.node];
             let ins: Vec<Option<&Tensor>> = st
                 .inputs
@@ -420,7 +512,19 @@ impl Trainable {
                 .collect();
             let t = self.clock();
             let gin = if let Some((mean, invstd)) = tape.bn.get(&si) {
-                bn_backward(&ins, gout[0], mean, invstd)?
+                // A fused activation: its output and bounds mask `dy`.
+                let act = match tape.fused.iter().find(|(_, &(b, _))| b == si) {
+                    Some((&sj, &(_, bounds))) => {
+                        let y = tape.vals[self.exec.steps()[sj].outputs[0]]
+                            .as_deref()
+                            .ok_or_else(|| {
+                                Error::Usage("a fused activation was not kept".into())
+                            })?;
+                        Some((y.f32s()?, bounds))
+                    }
+                    None => None,
+                };
+                bn_backward(&ins, gout[0], mean, invstd, act)?
             } else if let Some(mask) = tape.dropout.get(&si) {
                 let dy = gout[0].expect("checked above");
                 let v: Vec<f32> = dy.f32s()?.iter().zip(mask).map(|(d, m)| d * m).collect();
@@ -564,36 +668,50 @@ impl Trainable {
     }
 }
 
-/// `(Σ f(a[i], b[i]), Σ g(a[i], b[i]))`: sixteen f32 lanes each over
-/// blocks of [`LANE_BLOCK`] values, the blocks' sums added in f64.
-/// Vectorised (AVX2 where the CPU has it), and in a fixed order (the same
-/// bytes on every run). A lane adds at most `LANE_BLOCK / 16` values in
-/// f32, so its rounding stays near f32's own (callers shift values by a
-/// typical one first where squares are summed).
+/// `(Σ f(a[i], b[i], c[i]), Σ g(a[i], b[i], c[i]))`: sixteen f32 lanes
+/// each over blocks of [`LANE_BLOCK`] values, the blocks' sums added in
+/// f64. Vectorised (AVX2 where the CPU has it), and in a fixed order (the
+/// same bytes on every run). A lane adds at most `LANE_BLOCK / 16` values
+/// in f32, so its rounding stays near f32's own (callers shift values by
+/// a typical one first where squares are summed).
 #[inline(always)]
 pub(crate) fn lane_sums(
     a: &[f32],
     b: &[f32],
-    f: impl Fn(f32, f32) -> f32,
-    g: impl Fn(f32, f32) -> f32,
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32,
+    g: impl Fn(f32, f32, f32) -> f32,
 ) -> (f64, f64) {
-    let n = a.len().min(b.len());
+    let n = a.len().min(b.len()).min(c.len());
     crate::ops::pool::with_simd(
         #[inline(always)]
         || {
             let (mut tf, mut tg) = (0.0f64, 0.0f64);
-            for (ab, bb) in a[..n].chunks(LANE_BLOCK).zip(b[..n].chunks(LANE_BLOCK)) {
+            for ((ab, bb), cb) in a[..n]
+                .chunks(LANE_BLOCK)
+                .zip(b[..n].chunks(LANE_BLOCK))
+                .zip(c[..n].chunks(LANE_BLOCK))
+            {
                 let (mut af, mut ag) = ([0.0f32; 16], [0.0f32; 16]);
                 let full = ab.len() / 16 * 16;
-                for (ac, bc) in ab[..full].chunks_exact(16).zip(bb[..full].chunks_exact(16)) {
+                for ((ac, bc), cc) in ab[..full]
+                    .chunks_exact(16)
+                    .zip(bb[..full].chunks_exact(16))
+                    .zip(cb[..full].chunks_exact(16))
+                {
                     for l in 0..16 {
-                        af[l] += f(ac[l], bc[l]);
-                        ag[l] += g(ac[l], bc[l]);
+                        af[l] += f(ac[l], bc[l], cc[l]);
+                        ag[l] += g(ac[l], bc[l], cc[l]);
                     }
                 }
-                for (l, (&x, &y)) in ab[full..].iter().zip(&bb[full..]).enumerate() {
-                    af[l] += f(x, y);
-                    ag[l] += g(x, y);
+                for (l, ((&x, &y), &z)) in ab[full..]
+                    .iter()
+                    .zip(&bb[full..])
+                    .zip(&cb[full..])
+                    .enumerate()
+                {
+                    af[l] += f(x, y, z);
+                    ag[l] += g(x, y, z);
                 }
                 tf += af.iter().map(|&v| v as f64).sum::<f64>();
                 tg += ag.iter().map(|&v| v as f64).sum::<f64>();
@@ -632,6 +750,7 @@ fn bn_train(
     args: &[Option<&Tensor>],
     st: &mut BnState,
     mode: BnMode,
+    clamp: Option<(f32, f32)>,
 ) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
     let get = |i: usize| {
         args.get(i)
@@ -654,7 +773,7 @@ fn bn_train(
         .collect();
     let sums = channel_sums(n, c, sp, |at, len| {
         let (xs, k) = (&xv[at..at + len], shift[(at / len.max(1)) % c]);
-        lane_sums(xs, xs, |v, _| v - k, |v, _| (v - k) * (v - k))
+        lane_sums(xs, xs, xs, |v, _, _| v - k, |v, _, _| (v - k) * (v - k))
     });
     let mean: Vec<f64> = sums
         .iter()
@@ -670,10 +789,13 @@ fn bn_train(
         .map(|&v| (1.0 / (v + st.eps as f64).sqrt()) as f32)
         .collect();
     let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let y = crate::ops::pool::collect_chunks(xv.len(), sp, |at, len| {
         let ch = (at / sp) % c;
         let (mu, k, b0) = (mean32[ch], invstd[ch] * scale[ch], bias[ch]);
-        xv[at..at + len].iter().map(move |&v| (v - mu) * k + b0)
+        xv[at..at + len]
+            .iter()
+            .map(move |&v| ((v - mu) * k + b0).max(lo).min(hi))
     });
     // Running statistics use the unbiased variance (as PyTorch does).
     let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
@@ -699,12 +821,15 @@ fn bn_train(
 }
 
 /// Gradients of training-mode BatchNormalization's x, scale and bias,
-/// given the batch mean and 1/std of the forward pass.
+/// given the batch mean and 1/std of the forward pass. With `act` (the
+/// output `y` of a fused Relu or Clip and its bounds), `dy` is the
+/// activation's output gradient and passes only where `lo < y < hi`.
 fn bn_backward(
     ins: &[Option<&Tensor>],
     dy: Option<&Tensor>,
     mean: &[f32],
     invstd: &[f32],
+    act: Option<(&[f32], (f32, f32))>,
 ) -> Result<Vec<Option<Tensor>>> {
     let (Some(x), Some(scale), Some(dy)) = (ins[0], ins[1], dy) else {
         return Ok(vec![None; ins.len()]);
@@ -713,13 +838,30 @@ fn bn_backward(
     let (n, c) = (sh[0], sh[1]);
     let sp: usize = sh[2..].iter().product();
     let (xv, dyv, gamma) = (x.f32s()?, dy.f32s()?, scale.f32s()?);
+    // Without an activation nothing is masked (`yv` is then unread).
+    let masked = act.is_some();
+    let (yv, (lo, hi)) = act.unwrap_or((dyv, (0.0, 0.0)));
+    if yv.len() != dyv.len() {
+        return Err(Error::Usage(
+            "a fused activation's output does not match its gradient".into(),
+        ));
+    }
+    // `&`, not `&&`: branch-free, so it vectorises.
+    let pass = move |d: f32, y: f32| {
+        if !masked | ((y > lo) & (y < hi)) {
+            d
+        } else {
+            0.0
+        }
+    };
     let sums = channel_sums(n, c, sp, |at, len| {
         let mu = mean[(at / len.max(1)) % c];
         lane_sums(
             &dyv[at..at + len],
             &xv[at..at + len],
-            |d, _| d,
-            |d, v| d * (v - mu),
+            &yv[at..at + len],
+            |d, _, y| pass(d, y),
+            |d, v, y| pass(d, y) * (v - mu),
         )
     });
     let dbeta: Vec<f64> = sums.iter().map(|s| s.0).collect();
@@ -737,7 +879,8 @@ fn bn_backward(
         xv[at..at + len]
             .iter()
             .zip(&dyv[at..at + len])
-            .map(move |(&v, &d)| k * (m * d - db - (v - mu) * is * dg))
+            .zip(&yv[at..at + len])
+            .map(move |((&v, &d), &y)| k * (m * pass(d, y) - db - (v - mu) * is * dg))
     });
     let mut g = vec![None; ins.len()];
     g[0] = Some(Tensor::from_f32(sh.to_vec(), dx));
@@ -1386,6 +1529,9 @@ pub fn recover_with(
                 })
         })
         .collect::<Result<_>>()?;
+    for (slot, _) in &feature_slots {
+        tr.keep_value(*slot);
+    }
     // A time budget shortens the run (and its schedule) once the first
     // steps have been timed.
     let mut total = opts.steps;

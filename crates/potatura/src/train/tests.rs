@@ -653,61 +653,133 @@ fn detector_and_layout_ops() {
 
 #[test]
 fn batch_norm_in_training_mode() {
-    // Finite differences of training-mode BN through bn_train/bn_backward.
-    let mut rng = Rng::new(5);
-    let x = rand(&mut rng, &[3, 2, 2, 2]);
-    let scale = rand(&mut rng, &[2]);
-    let bias = rand(&mut rng, &[2]);
-    let r: Vec<f64> = (0..x.len()).map(|_| rng.next_f64() - 0.5).collect();
-    let state = || BnState {
-        eps: 1e-5,
-        momentum: 0.9,
-        mean_name: String::new(),
-        var_name: String::new(),
-        mean: vec![0.0; 2],
-        var: vec![1.0; 2],
-        seen: 0,
-    };
-    let loss = |x: &Tensor, s: &Tensor, b: &Tensor| -> f64 {
-        let (y, _, _) =
-            bn_train(&[Some(x), Some(s), Some(b)], &mut state(), BnMode::Train).unwrap();
-        y.f32s()
-            .unwrap()
-            .iter()
-            .zip(&r)
-            .map(|(&y, r)| y as f64 * r)
-            .sum()
-    };
-    let mut st = state();
-    let (_, mean, invstd) = bn_train(
-        &[Some(&x), Some(&scale), Some(&bias)],
-        &mut st,
-        BnMode::Train,
-    )
-    .unwrap();
-    // Running statistics moved from (0, 1) toward the batch's.
-    assert!(st.mean.iter().all(|&m| m != 0.0));
-    let dy = Tensor::from_f32(x.shape().to_vec(), r.iter().map(|&v| v as f32).collect());
-    let g = bn_backward(
-        &[Some(&x), Some(&scale), Some(&bias), None, None],
-        Some(&dy),
-        &mean,
-        &invstd,
-    )
-    .unwrap();
-    let ins = [x, scale, bias];
-    for i in 0..3 {
-        let an = g[i].as_ref().unwrap().f32s().unwrap().to_vec();
-        for (k, &ak) in an.iter().enumerate() {
-            let h = 1e-2f32;
-            let (mut a, mut b) = (ins.clone(), ins.clone());
-            a[i].f32s_mut().unwrap()[k] += h;
-            b[i].f32s_mut().unwrap()[k] -= h;
-            let num = (loss(&a[0], &a[1], &a[2]) - loss(&b[0], &b[1], &b[2])) / (2.0 * h as f64);
-            assert!(
-                (ak as f64 - num).abs() < 2e-2 * (1.0 + num.abs()),
-                "BN input {i}[{k}]: {ak} vs {num}"
-            );
+    // Finite differences of training-mode BN through bn_train/bn_backward,
+    // alone and with a fused Relu and Clip.
+    for clamp in [None, Some((0.0, f32::INFINITY)), Some((-0.5, 0.7))] {
+        let mut rng = Rng::new(5);
+        let x = rand(&mut rng, &[3, 2, 2, 2]);
+        let scale = rand(&mut rng, &[2]);
+        let bias = rand(&mut rng, &[2]);
+        let r: Vec<f64> = (0..x.len()).map(|_| rng.next_f64() - 0.5).collect();
+        let state = || BnState {
+            eps: 1e-5,
+            momentum: 0.9,
+            mean_name: String::new(),
+            var_name: String::new(),
+            mean: vec![0.0; 2],
+            var: vec![1.0; 2],
+            seen: 0,
+        };
+        let loss = |x: &Tensor, s: &Tensor, b: &Tensor| -> f64 {
+            let (y, _, _) = bn_train(
+                &[Some(x), Some(s), Some(b)],
+                &mut state(),
+                BnMode::Train,
+                clamp,
+            )
+            .unwrap();
+            y.f32s()
+                .unwrap()
+                .iter()
+                .zip(&r)
+                .map(|(&y, r)| y as f64 * r)
+                .sum()
+        };
+        let mut st = state();
+        let (y, mean, invstd) = bn_train(
+            &[Some(&x), Some(&scale), Some(&bias)],
+            &mut st,
+            BnMode::Train,
+            clamp,
+        )
+        .unwrap();
+        // Running statistics moved from (0, 1) toward the batch's.
+        assert!(st.mean.iter().all(|&m| m != 0.0));
+        let yv = y.f32s().unwrap();
+        if let Some((lo, hi)) = clamp {
+            assert!(yv.iter().all(|&v| v >= lo && v <= hi));
+            // Some values are clamped and some pass: both sides are tested.
+            assert!(yv.contains(&lo) && yv.iter().any(|&v| v > lo && v < hi));
+        }
+        let dy = Tensor::from_f32(x.shape().to_vec(), r.iter().map(|&v| v as f32).collect());
+        let g = bn_backward(
+            &[Some(&x), Some(&scale), Some(&bias), None, None],
+            Some(&dy),
+            &mean,
+            &invstd,
+            clamp.map(|b| (yv, b)),
+        )
+        .unwrap();
+        let ins = [x, scale, bias];
+        for i in 0..3 {
+            let an = g[i].as_ref().unwrap().f32s().unwrap().to_vec();
+            for (k, &ak) in an.iter().enumerate() {
+                let h = 1e-3f32;
+                let (mut a, mut b) = (ins.clone(), ins.clone());
+                a[i].f32s_mut().unwrap()[k] += h;
+                b[i].f32s_mut().unwrap()[k] -= h;
+                let num =
+                    (loss(&a[0], &a[1], &a[2]) - loss(&b[0], &b[1], &b[2])) / (2.0 * h as f64);
+                assert!(
+                    (ak as f64 - num).abs() < 2e-2 * (1.0 + num.abs()),
+                    "BN ({clamp:?}) input {i}[{k}]: {ak} vs {num}"
+                );
+            }
+        }
+    }
+}
+
+/// Training-mode BatchNormalization fused with the Relu / Clip after it
+/// gives the same outputs and gradients as the two ops run apart.
+#[test]
+fn fused_bn_activation_matches_separate_ops() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/");
+    for (name, fused_at_least) in [("mnist_cnn", 4), ("mobilenetv2_mini", 10)] {
+        let m = crate::onnx::load(std::path::Path::new(&format!("{dir}{name}.onnx"))).unwrap();
+        let run = |fuse: bool| {
+            let mut t = Trainable::new(&m, &m).unwrap();
+            if !fuse {
+                t.fused.clear();
+            }
+            let n_fused = t.fused.len();
+            let spec = &t.exec.inputs()[0];
+            let shape: Vec<usize> = spec
+                .shape
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(n) => *n,
+                    _ => 2,
+                })
+                .collect();
+            let feeds = vec![(spec.name.clone(), rand(&mut Rng::new(4), &shape))];
+            let (outs, tape) = t.forward(&feeds, BnMode::Train, &mut Rng::new(0)).unwrap();
+            let fused_steps = tape.fused.len();
+            let gouts = vec![Some(outs[0].clone())];
+            let grads = t.backward(&tape, gouts, vec![]).unwrap();
+            (
+                n_fused,
+                fused_steps,
+                outs[0].f32s().unwrap().to_vec(),
+                grads,
+            )
+        };
+        let (n, steps, out_f, grads_f) = run(true);
+        assert!(
+            n >= fused_at_least && steps == n,
+            "{name}: {n} fused pairs, {steps} run fused"
+        );
+        let (n0, _, out_s, grads_s) = run(false);
+        assert_eq!(n0, 0);
+        assert_eq!(out_f, out_s, "{name}: outputs");
+        for (a, b) in grads_f.iter().zip(&grads_s) {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                    "{name}: {x} vs {y}"
+                );
+            }
         }
     }
 }
