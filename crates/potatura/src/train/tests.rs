@@ -729,6 +729,19 @@ fn batch_norm_in_training_mode() {
     }
 }
 
+/// An input's declared shape, symbolic dimensions set to 2.
+fn shape_of(spec: &crate::exec::InputSpec) -> Vec<usize> {
+    spec.shape
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|d| match d {
+            Dim::Known(n) => *n,
+            _ => 2,
+        })
+        .collect()
+}
+
 /// Training-mode BatchNormalization fused with the Relu / Clip after it
 /// gives the same outputs and gradients as the two ops run apart.
 #[test]
@@ -743,17 +756,7 @@ fn fused_bn_activation_matches_separate_ops() {
             }
             let n_fused = t.fused.len();
             let spec = &t.exec.inputs()[0];
-            let shape: Vec<usize> = spec
-                .shape
-                .as_ref()
-                .unwrap()
-                .iter()
-                .map(|d| match d {
-                    Dim::Known(n) => *n,
-                    _ => 2,
-                })
-                .collect();
-            let feeds = vec![(spec.name.clone(), rand(&mut Rng::new(4), &shape))];
+            let feeds = vec![(spec.name.clone(), rand(&mut Rng::new(4), &shape_of(spec)))];
             let (outs, tape) = t.forward(&feeds, BnMode::Train, &mut Rng::new(0)).unwrap();
             let fused_steps = tape.fused.len();
             let gouts = vec![Some(outs[0].clone())];
@@ -827,16 +830,7 @@ fn whole_graph_gradients_of_exported_models() {
             .iter()
             .filter(|s| !t.params.iter().any(|p| p.name == s.name))
             .map(|s| {
-                let shape: Vec<usize> = s
-                    .shape
-                    .as_ref()
-                    .unwrap()
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Known(n) => *n,
-                        _ => 2,
-                    })
-                    .collect();
+                let shape = shape_of(s);
                 let n: usize = shape.iter().product();
                 let v = if s.dtype == DType::I64 {
                     Tensor::from_i64(shape, (0..n).map(|i| (i * 7 % 50) as i64).collect())
