@@ -1478,6 +1478,43 @@ pub struct ConvTranspose {
 }
 
 impl ConvTranspose {
+    /// From a ConvTranspose node's attributes.
+    pub fn from_node(node: &Node) -> Result<ConvTranspose> {
+        let output_padding = match node.attr_ints("output_padding")? {
+            None => None,
+            Some(v) => {
+                if let Some(bad) = v.iter().find(|&&x| x < 0) {
+                    return Err(op_error(format!(
+                        "output_padding must be >= 0, got {bad} in {v:?}"
+                    )));
+                }
+                Some(v.iter().map(|&x| x as usize).collect())
+            }
+        };
+        let output_shape = match node.attr_ints("output_shape")? {
+            None => None,
+            Some(v) => {
+                if let Some(bad) = v.iter().find(|&&x| x < 1) {
+                    return Err(op_error(format!(
+                        "output_shape must be positive, got {bad} in {v:?}"
+                    )));
+                }
+                Some(v.iter().map(|&x| x as usize).collect())
+            }
+        };
+        Ok(ConvTranspose {
+            attrs: ConvAttrs::from_node(node)?,
+            output_padding,
+            output_shape,
+        })
+    }
+
+    /// The convolution this one transposes: its input is this op's output
+    /// and its output this op's input, with the same weight.
+    pub fn forward_conv_geometry(&self, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
+        Ok(self.geometry(x, w)?.swapped())
+    }
+
     /// Resolves the geometry for an input of shape `x` and a weight of
     /// shape `w` (`[C_in, C_out / group, k...]`). In the result, `in_sp` is
     /// the input's spatial size and `out_sp` the output's, as for Conv.
@@ -2285,45 +2322,6 @@ fn prune_group(cx: &mut dyn PruneCx, group: usize, port: Port) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-impl ConvTranspose {
-    /// From a ConvTranspose node's attributes.
-    pub fn from_node(node: &Node) -> Result<ConvTranspose> {
-        let output_padding = match node.attr_ints("output_padding")? {
-            None => None,
-            Some(v) => {
-                if let Some(bad) = v.iter().find(|&&x| x < 0) {
-                    return Err(op_error(format!(
-                        "output_padding must be >= 0, got {bad} in {v:?}"
-                    )));
-                }
-                Some(v.iter().map(|&x| x as usize).collect())
-            }
-        };
-        let output_shape = match node.attr_ints("output_shape")? {
-            None => None,
-            Some(v) => {
-                if let Some(bad) = v.iter().find(|&&x| x < 1) {
-                    return Err(op_error(format!(
-                        "output_shape must be positive, got {bad} in {v:?}"
-                    )));
-                }
-                Some(v.iter().map(|&x| x as usize).collect())
-            }
-        };
-        Ok(ConvTranspose {
-            attrs: ConvAttrs::from_node(node)?,
-            output_padding,
-            output_shape,
-        })
-    }
-
-    /// The convolution this one transposes: its input is this op's output
-    /// and its output this op's input, with the same weight.
-    pub fn forward_conv_geometry(&self, x: &[usize], w: &[usize]) -> Result<ConvGeom> {
-        Ok(self.geometry(x, w)?.swapped())
-    }
 }
 
 /// Builds Conv and ConvTranspose.
