@@ -525,37 +525,23 @@ fn build_items(
         chunk * items == len && chunk.is_multiple_of(plane),
         "build_items: {len} values do not split into {items} items of {plane}-value planes"
     );
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let run = |i: usize, o: &mut [MaybeUninit<f32>], s: &mut [f32], par: bool| {
+    let total = items.saturating_mul(per_item_macs);
+    let threads = rayon::current_num_threads();
+    let big = total >= CONV_PAR_MACS && threads > 1;
+    let over_items = big && items >= threads && (per_item_macs < (1 << 22) || items >= 4 * threads);
+    let fill = |start: usize, o: &mut [MaybeUninit<f32>]| {
+        let i = start / chunk;
         for (j, pl) in o.chunks_mut(plane).enumerate() {
             fill_uninit(pl, init(i, j));
         }
         // SAFETY: every value of `o` was just initialised, and
         // `MaybeUninit<f32>` has the layout of `f32`.
         let o = unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        f(i, o, s, par)
+        // Over items: one item per task; otherwise parallel inside.
+        with_scratch(0, scratch_len, |s| f(i, o, s, big && !over_items))
     };
-    let spare = &mut out.spare_capacity_mut()[..len];
-    let total = items.saturating_mul(per_item_macs);
-    let threads = rayon::current_num_threads();
-    let big = total >= CONV_PAR_MACS && threads > 1;
-    let over_items = big && items >= threads && (per_item_macs < (1 << 22) || items >= 4 * threads);
-    if over_items {
-        spare
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, o)| with_scratch(0, scratch_len, |s| run(i, o, s, false)));
-    } else {
-        with_scratch(0, scratch_len, |s| {
-            for (i, o) in spare.chunks_mut(chunk).enumerate() {
-                run(i, o, s, big);
-            }
-        })
-    }
-    // SAFETY: the chunks cover all `len` values (checked above) and `run`
-    // initialised each one.
-    unsafe { out.set_len(len) };
-    out
+    // SAFETY: `fill` initialises every value of its chunk.
+    unsafe { super::pool::build_vec(len, chunk, over_items, fill) }
 }
 
 /// Images (times groups) from which 3x3 convs use im2col + GEMM rather

@@ -956,7 +956,6 @@ fn pool_backward(node: &Node, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Ten
     );
     let (xv, dyv) = (x.f32s()?, dy.f32s()?);
     let (pin, pout) = (i3.iter().product::<usize>(), o3.iter().product::<usize>());
-
     // The common case (2-D max pooling without padding or dilation) has
     // direct loops.
     let plain_2d_max =
