@@ -76,18 +76,28 @@ pub struct Trainable {
     /// Seconds per op type, forward and backward, when debug logging is
     /// on for this module (see [`OpTimes`]).
     times: Option<std::sync::Mutex<OpTimes>>,
-    /// BatchNormalization steps whose output only a Relu or Clip step
-    /// reads (that step's index): with batch statistics the two run as one
-    /// pass forward and one backward (see [`fusable_activations`]).
-    fused: HashMap<usize, usize>,
+    /// Per step: its part in a BatchNormalization + activation pair that
+    /// runs as one pass forward and one backward with batch statistics
+    /// (see [`fusable_activations`]).
+    fused: Vec<Option<Fusion>>,
 }
 
-/// BatchNormalization steps (index) whose only output is read by nothing
-/// but one Relu or Clip step (index, the value's only use). Training runs
-/// them as one: the normalised values are clamped as they are written,
-/// and the backward pass masks the gradient as it reads it, which saves a
-/// pass over the activation each way (conv-BN-ReLU blocks).
-fn fusable_activations(exec: &Executor) -> HashMap<usize, usize> {
+/// A step's part in a BatchNormalization + Relu / Clip pair run as one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fusion {
+    /// The BatchNormalization: the activation's step and its `(min, max)`.
+    Bn { act: usize, bounds: (f32, f32) },
+    /// The activation: its BatchNormalization's step.
+    Act { bn: usize },
+}
+
+/// Per step, its [`Fusion`]: BatchNormalization steps whose only output is
+/// read by nothing but one Relu, or one Clip with constant bounds (the
+/// value's only use), pair with that step. Training runs them as one: the
+/// normalised values are clamped as they are written, and the backward
+/// pass masks the gradient as it reads it, which saves a pass over the
+/// activation each way (conv-BN-ReLU blocks).
+fn fusable_activations(exec: &Executor, graph: &Model) -> Vec<Option<Fusion>> {
     let mut uses = vec![0usize; exec.n_slots()];
     for st in exec.steps() {
         for &s in st.inputs.iter().flatten() {
@@ -105,16 +115,37 @@ fn fusable_activations(exec: &Executor) -> HashMap<usize, usize> {
             }
         }
     }
-    exec.steps()
-        .iter()
-        .enumerate()
-        .filter(|(_, st)| st.op_type == "BatchNormalization" && st.outputs.len() == 1)
-        .filter_map(|(si, st)| {
-            let o = st.outputs[0];
-            let sj = *reader.get(&o)?;
-            (uses[o] == 1 && sj > si).then_some((si, sj))
-        })
-        .collect()
+    let consts = exec.consts();
+    let bounds = |sj: usize| -> Option<(f32, f32)> {
+        let a = &exec.steps()[sj];
+        if a.op_type == "Relu" {
+            return Some((0.0, f32::INFINITY));
+        }
+        // Clip: bounds absent, or constant inputs (input 0 is the data).
+        let ins = std::iter::once(Some(None))
+            .chain(a.inputs.iter().skip(1).map(|s| match s {
+                Some(s) => consts[*s].as_deref().map(Some),
+                None => Some(None),
+            }))
+            .collect::<Option<Vec<_>>>()?;
+        grad::clip_bounds(&graph.graph.nodes[a.node], &ins).ok()
+    };
+    let mut fused = vec![None; exec.steps().len()];
+    for (si, st) in exec.steps().iter().enumerate() {
+        if st.op_type != "BatchNormalization" || st.outputs.len() != 1 {
+            continue;
+        }
+        let o = st.outputs[0];
+        let Some(&sj) = reader.get(&o) else { continue };
+        if uses[o] != 1 || sj <= si {
+            continue;
+        }
+        if let Some(bounds) = bounds(sj) {
+            fused[si] = Some(Fusion::Bn { act: sj, bounds });
+            fused[sj] = Some(Fusion::Act { bn: si });
+        }
+    }
+    fused
 }
 
 /// Where training time goes: seconds per op type, forward and backward.
@@ -149,9 +180,9 @@ struct Tape {
     bn: HashMap<usize, (Vec<f32>, Vec<f32>)>,
     /// Dropout: scaled keep mask.
     dropout: HashMap<usize, Vec<f32>>,
-    /// Activation steps run inside their BatchNormalization (see
-    /// [`Trainable::fused`]): the BatchNormalization step and the bounds.
-    fused: HashMap<usize, (usize, (f32, f32))>,
+    /// Whether the [`Trainable::fused`] pairs ran as one (batch
+    /// statistics): their activations' steps were skipped.
+    fused: bool,
 }
 
 /// How BatchNormalization behaves in a forward pass.
@@ -296,7 +327,7 @@ impl Trainable {
                 }
             }
         }
-        let fused = fusable_activations(&exec);
+        let fused = fusable_activations(&exec, &graph);
         Ok(Trainable {
             base: base.clone(),
             opset: graph.opset(),
@@ -314,8 +345,14 @@ impl Trainable {
     /// Keeps the value in `slot` on the tape: a BatchNormalization writing
     /// it is no longer fused with its activation (a distilled feature).
     fn keep_value(&mut self, slot: usize) {
-        let steps = self.exec.steps();
-        self.fused.retain(|&si, _| steps[si].outputs[0] != slot);
+        for (si, st) in self.exec.steps().iter().enumerate() {
+            if let Some(Fusion::Bn { act, .. }) = self.fused[si] {
+                if st.outputs[0] == slot {
+                    self.fused[si] = None;
+                    self.fused[act] = None;
+                }
+            }
+        }
     }
 
     /// Starts timing a step when [`OpTimes`] are collected.
@@ -360,10 +397,12 @@ impl Trainable {
         }
         let mut tape_bn = HashMap::new();
         let mut tape_drop = HashMap::new();
-        let mut tape_fused = HashMap::new();
+        // With batch statistics, fused activations run inside their
+        // BatchNormalization.
+        let fuse = matches!(mode, BnMode::Train | BnMode::Average);
         let consts = self.exec.consts();
         for (si, st) in self.exec.steps().iter().enumerate() {
-            if tape_fused.contains_key(&si) {
+            if fuse && matches!(self.fused[si], Some(Fusion::Act { .. })) {
                 continue;
             }
             let args: Vec<Option<&Tensor>> = st
@@ -373,28 +412,11 @@ impl Trainable {
                 .collect();
             let t = self.clock();
             let res = match st.op_type.as_str() {
-                "BatchNormalization" if matches!(mode, BnMode::Train | BnMode::Average) => {
-                    // A fused activation whose bounds are known writes its
-                    // output here, and its own step is skipped.
-                    let act = match self.fused.get(&si) {
-                        Some(&sj) => {
-                            let a = &self.exec.steps()[sj];
-                            let ins: Vec<Option<&Tensor>> = a
-                                .inputs
-                                .iter()
-                                .map(|s| s.and_then(|s| consts[s].as_deref()))
-                                .collect();
-                            let bounds = if a.op_type == "Relu" {
-                                Some((0.0, f32::INFINITY))
-                            } else if a.inputs[1..].iter().flatten().all(|&s| consts[s].is_some()) {
-                                let node = &self.graph.graph.nodes[a.node];
-                                Some(grad::clip_bounds(node, &ins)?)
-                            } else {
-                                None
-                            };
-                            bounds.map(|b| (sj, b))
-                        }
-                        None => None,
+                "BatchNormalization" if fuse => {
+                    // A fused activation writes its output here.
+                    let act = match self.fused[si] {
+                        Some(Fusion::Bn { act, bounds }) => Some((act, bounds)),
+                        _ => None,
                     };
                     let state = self.bn.get_mut(&si).expect("every BN has state");
                     let (y, mean, invstd) = bn_train(&args, state, mode, act.map(|a| a.1))
@@ -403,8 +425,7 @@ impl Trainable {
                             o => o,
                         })?;
                     tape_bn.insert(si, (mean, invstd));
-                    if let Some((sj, bounds)) = act {
-                        tape_fused.insert(sj, (si, bounds));
+                    if let Some((sj, _)) = act {
                         self.clocked(&st.op_type, false, t);
                         vals[self.exec.steps()[sj].outputs[0]] = Some(Arc::new(y));
                         continue;
@@ -457,7 +478,7 @@ impl Trainable {
                 vals,
                 bn: tape_bn,
                 dropout: tape_drop,
-                fused: tape_fused,
+                fused: fuse,
             },
         ))
     }
@@ -497,11 +518,11 @@ impl Trainable {
             if gout.iter().all(Option::is_none) || !need.contains(&true) {
                 continue;
             }
-            if let Some(&(bn_step, _)) = tape.fused.get(&si) {
+            if let (true, Some(Fusion::Act { bn })) = (tape.fused, self.fused[si]) {
                 // The activation's gradient is masked by its
                 // BatchNormalization's backward: hand it on as it is.
                 let g = grads[st.outputs[0]].take();
-                grads[self.exec.steps()[bn_step].outputs[0]] = g;
+                grads[self.exec.steps()[bn].outputs[0]] = g;
                 continue;
             }
             let node = &self.graph.graph.nodes[st.node];
@@ -513,8 +534,8 @@ impl Trainable {
             let t = self.clock();
             let gin = if let Some((mean, invstd)) = tape.bn.get(&si) {
                 // A fused activation: its output and bounds mask `dy`.
-                let act = match tape.fused.iter().find(|(_, &(b, _))| b == si) {
-                    Some((&sj, &(_, bounds))) => {
+                let act = match self.fused[si] {
+                    Some(Fusion::Bn { act: sj, bounds }) => {
                         let y = tape.vals[self.exec.steps()[sj].outputs[0]]
                             .as_deref()
                             .ok_or_else(|| {
@@ -522,7 +543,7 @@ impl Trainable {
                             })?;
                         Some((y.f32s()?, bounds))
                     }
-                    None => None,
+                    _ => None,
                 };
                 bn_backward(&ins, gout[0], mean, invstd, act)?
             } else if let Some(mask) = tape.dropout.get(&si) {

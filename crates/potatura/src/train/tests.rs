@@ -752,26 +752,25 @@ fn fused_bn_activation_matches_separate_ops() {
         let run = |fuse: bool| {
             let mut t = Trainable::new(&m, &m).unwrap();
             if !fuse {
-                t.fused.clear();
+                t.fused.fill(None);
             }
-            let n_fused = t.fused.len();
+            let n_fused = t
+                .fused
+                .iter()
+                .filter(|f| matches!(f, Some(Fusion::Bn { .. })))
+                .count();
             let spec = &t.exec.inputs()[0];
             let feeds = vec![(spec.name.clone(), rand(&mut Rng::new(4), &shape_of(spec)))];
             let (outs, tape) = t.forward(&feeds, BnMode::Train, &mut Rng::new(0)).unwrap();
-            let fused_steps = tape.fused.len();
+            let ran_fused = tape.fused;
             let gouts = vec![Some(outs[0].clone())];
             let grads = t.backward(&tape, gouts, vec![]).unwrap();
-            (
-                n_fused,
-                fused_steps,
-                outs[0].f32s().unwrap().to_vec(),
-                grads,
-            )
+            (n_fused, ran_fused, outs[0].f32s().unwrap().to_vec(), grads)
         };
-        let (n, steps, out_f, grads_f) = run(true);
+        let (n, ran_fused, out_f, grads_f) = run(true);
         assert!(
-            n >= fused_at_least && steps == n,
-            "{name}: {n} fused pairs, {steps} run fused"
+            n >= fused_at_least && ran_fused,
+            "{name}: {n} fused pairs, run fused: {ran_fused}"
         );
         let (n0, _, out_s, grads_s) = run(false);
         assert_eq!(n0, 0);
